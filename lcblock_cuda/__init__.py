@@ -1,0 +1,97 @@
+"""lcblock_cuda: the fused local-correlation op of the LCBlock (Su, Yuan, Wang).
+
+Public surface: :func:`local_correlation`, :class:`LocalCorrelation`, and the pure-PyTorch
+oracle :mod:`lcblock_cuda.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._checks import check_arguments
+
+__version__ = "0.1.0"
+__all__ = [
+    "LocalCorrelation",
+    "cuda_compiled",
+    "extension_error",
+    "local_correlation",
+    "reference",
+]
+
+try:
+    from . import _C  # noqa: F401  (registers the torch.ops.lcblock_cuda.* kernels)
+except ImportError as exc:  # not silent: local_correlation re-raises it with advice
+    _EXTENSION_ERROR: ImportError | None = exc
+else:
+    _EXTENSION_ERROR = None
+    from . import ops as _ops
+
+
+def extension_error() -> ImportError | None:
+    """The error met while loading the compiled kernels, or None when they loaded."""
+    return _EXTENSION_ERROR
+
+
+def cuda_compiled() -> bool:
+    """Whether the installed extension was built with its CUDA kernels."""
+    return _EXTENSION_ERROR is None and bool(torch.ops.lcblock_cuda.cuda_compiled())
+
+
+def local_correlation(
+    pattern: torch.Tensor,
+    content: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    if _EXTENSION_ERROR is not None:
+        raise RuntimeError(
+            "lcblock_cuda: the compiled kernels could not be loaded "
+            f"({_EXTENSION_ERROR}). Reinstall the package so that they build "
+            "(pip install --no-build-isolation .), or call "
+            "lcblock_cuda.reference.local_correlation explicitly."
+        ) from _EXTENSION_ERROR
+    return _ops.local_correlation(pattern, content, kernel_size, dilation, scale)
+
+
+if _EXTENSION_ERROR is None:
+    local_correlation.__doc__ = _ops.local_correlation.__doc__
+
+
+class LocalCorrelation(torch.nn.Module):
+    """Module form of :func:`local_correlation`, called as ``module(pattern, content)``.
+
+    Args:
+        kernel_size: odd window size >= 1.
+        dilation: spacing between window taps, >= 1.
+        scale: multiplier of the dot products.
+        backend: ``"fused"`` (the compiled kernels) or ``"reference"`` (pure PyTorch,
+            slow, materialises k²-sized tensors; for checking and for machines without the
+            compiled extension).
+    """
+
+    def __init__(
+        self, kernel_size: int, dilation: int = 1, scale: float = 1.0, backend: str = "fused"
+    ) -> None:
+        super().__init__()
+        probe = torch.empty(1, 1, 1, 1)
+        self.kernel_size, self.dilation, self.scale = check_arguments(
+            probe, probe, kernel_size, dilation, scale
+        )
+        if backend not in ("fused", "reference"):
+            raise ValueError(
+                f"LocalCorrelation: expected backend 'fused' or 'reference', got {backend!r}"
+            )
+        self.backend = backend
+        self._fn = local_correlation if backend == "fused" else reference.local_correlation
+
+    def forward(self, pattern: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return self._fn(pattern, content, self.kernel_size, self.dilation, self.scale)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
+            f"scale={self.scale}, backend={self.backend!r}"
+        )

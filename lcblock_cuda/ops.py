@@ -1,0 +1,100 @@
+"""Python side of the dispatcher ops: fake kernels, autograd, and the public function.
+
+The compiled library (``lcblock_cuda._C``) defines two ops in the ``lcblock_cuda``
+namespace (schemas in ``csrc/lcblock.cpp``):
+
+* ``local_correlation_forward(pattern, content, kernel_size, dilation, scale) -> (out, lse)``
+* ``local_correlation_backward(grad_out, pattern, content, out, lse, kernel_size, dilation,
+  scale) -> (grad_pattern, grad_content)``
+
+Here they get fake (meta) kernels, so ``torch.compile`` can trace them, and the forward gets
+an autograd formula that calls the backward op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_arguments
+
+__all__ = ["local_correlation"]
+
+_FWD = "lcblock_cuda::local_correlation_forward"
+_BWD = "lcblock_cuda::local_correlation_backward"
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake(_FWD)
+def _forward_fake(pattern, content, kernel_size, dilation, scale):
+    batch, _, height, width = content.shape
+    out = torch.empty_like(content, memory_format=torch.contiguous_format)
+    lse = pattern.new_empty((batch, height, width), dtype=_lse_dtype(pattern.dtype))
+    return out, lse
+
+
+@torch.library.register_fake(_BWD)
+def _backward_fake(grad_out, pattern, content, out, lse, kernel_size, dilation, scale):
+    return (
+        torch.empty_like(pattern, memory_format=torch.contiguous_format),
+        torch.empty_like(content, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    pattern, content, kernel_size, dilation, scale = inputs
+    out, lse = output
+    # Only the inputs, the output and the log-sum-exp: no k²-sized buffer is kept.
+    ctx.save_for_backward(pattern, content, out, lse)
+    ctx.mark_non_differentiable(lse)
+    ctx.params = (kernel_size, dilation, scale)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    pattern, content, out, lse = ctx.saved_tensors
+    grad_pattern, grad_content = torch.ops.lcblock_cuda.local_correlation_backward(
+        grad_out, pattern, content, out, lse, *ctx.params
+    )
+    return grad_pattern, grad_content, None, None, None
+
+
+torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
+
+
+def local_correlation(
+    pattern: torch.Tensor,
+    content: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Local correlation of the LCBlock (eq. 3-4 of the paper), fused.
+
+    For every pixel i, with Ω_i the ``kernel_size`` × ``kernel_size`` window around i
+    (spacing ``dilation``) clipped to the image::
+
+        w_ij = softmax_{j ∈ Ω_i}(scale · <pattern_i, pattern_j>)
+        out_i = Σ_{j ∈ Ω_i} w_ij · content_j
+
+    Out-of-image neighbours are left out of the softmax, not zero-padded.
+
+    Args:
+        pattern: (B, Cp, H, W) features whose dot products give the weights.
+        content: (B, Cc, H, W) features that are averaged; Cc may differ from Cp.
+        kernel_size: odd window size >= 1 (1 returns ``content``).
+        dilation: spacing between window taps, >= 1.
+        scale: multiplier of the dot products (the paper uses 1).
+
+    Returns:
+        (B, Cc, H, W) tensor, contiguous, of ``content``'s dtype and device.
+
+    Any strides are accepted. CPU: float32 and float64. CUDA: float32, float64, float16 and
+    bfloat16 (accumulated in float32). Differentiable in ``pattern`` and ``content``
+    (first order).
+    """
+    kernel_size, dilation, scale = check_arguments(pattern, content, kernel_size, dilation, scale)
+    return torch.ops.lcblock_cuda.local_correlation_forward(
+        pattern, content, kernel_size, dilation, scale
+    )[0]

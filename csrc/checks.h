@@ -1,0 +1,69 @@
+// Argument validation shared by every backend's entry points. Each message names the
+// argument and its value, since a user can reach these through torch.ops directly.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace lcblock {
+
+inline void check_pair(const at::Tensor& pattern, const at::Tensor& content, int64_t kernel_size,
+                       int64_t dilation, double scale) {
+  TORCH_CHECK(pattern.dim() == 4, "local_correlation: expected pattern to be 4-D (B, C, H, W), got ",
+              pattern.dim(), "-D");
+  TORCH_CHECK(content.dim() == 4, "local_correlation: expected content to be 4-D (B, C, H, W), got ",
+              content.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(pattern.scalar_type()),
+              "local_correlation: expected pattern to have a floating-point dtype, got ",
+              pattern.scalar_type());
+  TORCH_CHECK(pattern.scalar_type() == content.scalar_type(),
+              "local_correlation: expected pattern and content to have the same dtype, got ",
+              pattern.scalar_type(), " and ", content.scalar_type());
+  TORCH_CHECK(pattern.device() == content.device(),
+              "local_correlation: expected pattern and content on the same device, got ",
+              pattern.device(), " and ", content.device());
+  TORCH_CHECK(pattern.size(0) == content.size(0) && pattern.size(2) == content.size(2) &&
+                  pattern.size(3) == content.size(3),
+              "local_correlation: expected pattern and content to share batch, height and width, "
+              "got pattern ",
+              pattern.sizes(), " and content ", content.sizes());
+  TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
+              "local_correlation: expected kernel_size to be an odd integer >= 1, got ", kernel_size);
+  TORCH_CHECK(dilation >= 1, "local_correlation: expected dilation >= 1, got ", dilation);
+  TORCH_CHECK(std::isfinite(scale), "local_correlation: expected a finite scale, got ", scale);
+}
+
+// dtype of the saved log-sum-exp: float64 for float64 inputs (so float64 gradcheck is exact),
+// float32 otherwise.
+inline at::ScalarType lse_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_backward(const at::Tensor& grad_out, const at::Tensor& pattern,
+                           const at::Tensor& content, const at::Tensor& out, const at::Tensor& lse,
+                           int64_t kernel_size, int64_t dilation, double scale) {
+  check_pair(pattern, content, kernel_size, dilation, scale);
+  TORCH_CHECK(grad_out.sizes() == content.sizes(),
+              "local_correlation_backward: expected grad_out of shape ", content.sizes(), ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(out.sizes() == content.sizes(), "local_correlation_backward: expected out of shape ",
+              content.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == content.scalar_type() &&
+                  out.scalar_type() == content.scalar_type(),
+              "local_correlation_backward: expected grad_out and out of dtype ",
+              content.scalar_type(), ", got ", grad_out.scalar_type(), " and ",
+              out.scalar_type());
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == content.size(0) && lse.size(1) == content.size(2) &&
+                  lse.size(2) == content.size(3),
+              "local_correlation_backward: expected lse of shape (B, H, W) = (", content.size(0),
+              ", ", content.size(2), ", ", content.size(3), "), got ", lse.sizes());
+  TORCH_CHECK(lse.scalar_type() == lse_dtype(content.scalar_type()),
+              "local_correlation_backward: expected lse of dtype ",
+              lse_dtype(content.scalar_type()), ", got ", lse.scalar_type());
+  for (const at::Tensor* t : {&grad_out, &out, &lse}) {
+    TORCH_CHECK(t->device() == content.device(),
+                "local_correlation_backward: expected every tensor on ", content.device(),
+                ", got one on ", t->device());
+  }
+}
+
+}  // namespace lcblock

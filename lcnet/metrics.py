@@ -1,0 +1,134 @@
+"""Image quality metrics with the conventions of the project (DESIGN.md section 3).
+
+- Images are compared as RGB ``uint8`` arrays of shape (H, W, 3). Network outputs (float, in
+  [0, 1]) are first clamped to [0, 1], scaled by 255 and rounded (``torch.round``: half to
+  even) to uint8 by :func:`to_uint8`, as saving them to PNG would.
+- PSNR: ``10 * log10(255**2 / MSE)`` over all pixels and channels of one image (peak 255);
+  identical images give ``float('inf')``. Datasets report the mean over images.
+- SSIM: :func:`skimage.metrics.structural_similarity` with ``gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1`` (Wang et al.'s
+  settings), i.e. the mean of the per-channel SSIM maps. Images need at least
+  ``SSIM_MIN_SIZE`` (11) pixels on each side (the Gaussian window).
+
+The paper's SSIM (0.9204 on GOPRO) came from MATLAB's ``ssim`` on RGB arrays, which treats the
+image as a 3-D volume (a Gaussian filter across the channels too). That is a different
+quantity: our numbers are not directly comparable with the paper's SSIM column.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+__all__ = [
+    "MAX_PIXEL_VALUE",
+    "SSIM_MIN_SIZE",
+    "psnr",
+    "psnr_tensor",
+    "ssim",
+    "ssim_tensor",
+    "to_uint8",
+]
+
+MAX_PIXEL_VALUE = 255  # PSNR peak and SSIM data range for uint8 images
+RGB_CHANNELS = 3
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # skimage's Gaussian truncation; the window is 2 * r + 1 wide
+SSIM_MIN_SIZE = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1  # = 11
+
+
+def _check_image(name: str, image: object) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected {name} to be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected {name} to have dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[-1] != RGB_CHANNELS:
+        raise ValueError(f"expected {name} of shape (H, W, 3), got {image.shape}")
+    return image
+
+
+def _check_pair(pred: object, target: object) -> tuple[np.ndarray, np.ndarray]:
+    pred = _check_image("pred", pred)
+    target = _check_image("target", target)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"expected pred and target of the same shape, got pred {pred.shape} and "
+            f"target {target.shape}"
+        )
+    return pred, target
+
+
+def psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    """PSNR in dB of two uint8 (H, W, 3) RGB images, peak 255; ``inf`` if they are equal."""
+    pred, target = _check_pair(pred, target)
+    mse = float(np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return float("inf")
+    return 10.0 * math.log10(MAX_PIXEL_VALUE**2 / mse)
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> float:
+    """SSIM of two uint8 (H, W, 3) RGB images (scikit-image, Gaussian window, sigma 1.5).
+
+    Both sides must be at least ``SSIM_MIN_SIZE`` (11) pixels. Not MATLAB's 3-D SSIM (see the
+    module docstring).
+    """
+    pred, target = _check_pair(pred, target)
+    if min(pred.shape[:2]) < SSIM_MIN_SIZE:
+        raise ValueError(
+            f"ssim: expected images of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels (the "
+            f"Gaussian window), got pred of shape {pred.shape}"
+        )
+    return float(
+        structural_similarity(
+            pred,
+            target,
+            gaussian_weights=True,
+            sigma=SSIM_SIGMA,
+            use_sample_covariance=False,
+            data_range=MAX_PIXEL_VALUE,
+            channel_axis=-1,
+        )
+    )
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """Float image tensor in [0, 1] -> uint8 numpy array (H, W, 3).
+
+    Accepts (3, H, W), (1, 3, H, W) or (H, W, 3); a (3, H, 3) tensor is read as (C, H, W).
+    Values are clamped to [0, 1], multiplied by 255 and rounded with ``torch.round`` (half to
+    even). float16/bfloat16 are computed in float32. NaNs raise ``ValueError``.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"to_uint8: expected t to be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"to_uint8: expected t to have a floating-point dtype, got {t.dtype}")
+    x = t.detach()
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() == 3 and x.shape[0] == RGB_CHANNELS:
+        x = x.permute(1, 2, 0)
+    elif x.dim() != 3 or x.shape[-1] != RGB_CHANNELS:
+        raise ValueError(
+            f"to_uint8: expected t of shape (3, H, W), (1, 3, H, W) or (H, W, 3), "
+            f"got {tuple(t.shape)}"
+        )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if torch.isnan(x).any():
+        raise ValueError("to_uint8: t contains NaN")
+    x = torch.round(x.clamp(0.0, 1.0) * MAX_PIXEL_VALUE)
+    return x.to(torch.uint8).contiguous().cpu().numpy()
+
+
+def psnr_tensor(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """:func:`psnr` of two float image tensors in [0, 1], after :func:`to_uint8`."""
+    return psnr(to_uint8(pred), to_uint8(target))
+
+
+def ssim_tensor(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """:func:`ssim` of two float image tensors in [0, 1], after :func:`to_uint8`."""
+    return ssim(to_uint8(pred), to_uint8(target))

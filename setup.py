@@ -1,0 +1,144 @@
+"""Build script for the lcblock_cuda extension.
+
+The CPU kernels always build. The CUDA kernels build whenever a CUDA toolkit and a CUDA
+build of torch are found; environment variables steer this:
+
+    LCBLOCK_CUDA=auto|1|0    auto (default): build CUDA when possible; 1: require it (error
+                             if no toolkit); 0: skip it (quick CPU-only builds).
+    CUDA_HOME                the toolkit folder; found from `nvcc -v` when unset.
+    TORCH_CUDA_ARCH_LIST     GPU architectures; "8.0;9.0" when unset and no GPU is visible.
+    LCBLOCK_CPU_ARCH         -march for the CPU kernels: "native" (default; pip builds on the
+                             machine that runs them) or e.g. "x86-64-v2"; "" for none.
+    MAX_JOBS                 parallel compile jobs (ninja).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _log(msg: str) -> None:
+    print(f"lcblock_cuda setup: {msg}", file=sys.stderr)
+
+
+def _toolkit_from_nvcc() -> str | None:
+    """The real toolkit folder. The `nvcc` on PATH may be a wrapper script, so ask nvcc
+    itself (`nvcc -v` prints TOP=<toolkit>/bin/..) instead of guessing from its path."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "/usr/local/cuda" if Path("/usr/local/cuda/bin/nvcc").exists() else None
+    try:
+        proc = subprocess.run(
+            [nvcc, "-v", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        match = re.search(r"^#\$ TOP=(.*)$", proc.stderr + proc.stdout, re.MULTILINE)
+        if match:
+            return str(Path(match.group(1).strip()).resolve())
+    except (OSError, subprocess.SubprocessError) as exc:
+        _log(f"could not run {nvcc} -v ({exc}); guessing the toolkit from its path")
+    return str(Path(nvcc).resolve().parent.parent)
+
+
+def _find_cuda_home() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return home
+    home = _toolkit_from_nvcc()
+    if home and Path(home, "bin", "nvcc").exists():
+        return home
+    return None
+
+
+def _extra_cuda_includes(cuda_home: str) -> list[str]:
+    """ATen's CUDA headers include cuSPARSE/cuBLAS headers; a bare nvcc toolkit may lack
+    them, while torch's pip wheels ship them under site-packages/nvidia/*/include."""
+    if Path(cuda_home, "include", "cusparse.h").exists():
+        return []
+    found = []
+    for site in sys.path:
+        for inc in sorted(glob.glob(os.path.join(site, "nvidia", "*", "include"))):
+            if Path(inc, "cusparse.h").exists() or Path(inc, "cublas_v2.h").exists():
+                found.append(inc)
+    return found
+
+
+mode = os.environ.get("LCBLOCK_CUDA", "auto").strip().lower()
+if mode not in ("auto", "1", "0"):
+    raise SystemExit(f"lcblock_cuda setup: LCBLOCK_CUDA must be auto, 1 or 0, got {mode!r}")
+
+cuda_home = None
+if mode != "0":
+    cuda_home = _find_cuda_home()
+    if cuda_home:
+        # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
+        os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+with_cuda = False
+if mode != "0":
+    if cuda_home and torch.version.cuda:
+        with_cuda = True
+    elif mode == "1":
+        why = "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+        if cuda_home:
+            why = f"torch {torch.__version__} is not a CUDA build"
+        raise SystemExit(f"lcblock_cuda setup: LCBLOCK_CUDA=1 but {why}")
+    else:
+        _log("building the CPU kernels only (no CUDA toolkit or CPU-only torch)")
+
+sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))]
+sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+cxx_flags = ["-O3"]
+cpu_arch = os.environ.get("LCBLOCK_CPU_ARCH", "native").strip()
+if cpu_arch:
+    cxx_flags.append(f"-march={cpu_arch}")
+include_dirs = [str(ROOT / "csrc")]
+define_macros = []
+
+if with_cuda:
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
+    include_dirs += _extra_cuda_includes(cuda_home)
+    define_macros.append(("LCBLOCK_WITH_CUDA", None))
+    _log(
+        f"building CPU + CUDA kernels (CUDA_HOME={cuda_home}, "
+        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<visible GPU>')})"
+    )
+    extension = CUDAExtension(
+        "lcblock_cuda._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+    )
+else:
+    extension = CppExtension(
+        "lcblock_cuda._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags},
+    )
+
+os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
+
+setup(
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

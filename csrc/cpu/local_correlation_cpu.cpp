@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -171,7 +172,21 @@ RowMajor row_major_copy(const at::Tensor& t, int64_t guard) {
   RowMajor r{at::empty({2 * guard + body}, t.options()), guard, channels, height, width};
   r.buffer.narrow(0, 0, guard).zero_();
   r.buffer.narrow(0, guard + body, guard).zero_();
-  r.buffer.narrow(0, guard, body).view({batch, height, channels, width}).copy_(t.transpose(1, 2));
+  // A row copy per (b, c, h): simpler and faster than a generic permuted copy.
+  const at::Tensor src = t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "local_correlation_row_major_copy", [&] {
+    const scalar_t* from = src.const_data_ptr<scalar_t>();
+    scalar_t* to = r.buffer.mutable_data_ptr<scalar_t>() + guard;
+    at::parallel_for(0, batch * height, 16, [&](int64_t first, int64_t last) {
+      for (int64_t bh = first; bh < last; ++bh) {
+        const int64_t b = bh / height, h = bh % height;
+        for (int64_t c = 0; c < channels; ++c) {
+          std::memcpy(to + (bh * channels + c) * width,
+                      from + ((b * channels + c) * height + h) * width, width * sizeof(scalar_t));
+        }
+      }
+    });
+  });
   return r;
 }
 
@@ -179,71 +194,109 @@ int64_t guard_for(const Geometry& g) { return g.radius * g.dilation + kTileWidth
 
 // ---- row kernels ------------------------------------------------------------------------
 
-// acc[p] = Σ_c a[c·stride + p] · b[c·stride + p] for p in [0, padded_n): whole register
-// blocks, accumulators in registers across the channel loop (two loads per multiply-add).
-template <typename T>
-inline void dot_rows(T* __restrict__ acc, const T* a, const T* b, int64_t channels,
+// acc[k][p] = Σ_c a[c·stride + p] · b[k][c·stride + p] for k < N, p in [0, padded_n): N dot
+// products that share the pixel's own row `a` (N window offsets at once, so each load of `a`
+// serves N multiply-adds). Eight accumulator vectors stay in registers across the channel loop.
+template <int N, typename T>
+inline void dot_rows(T* const (&acc)[N], const T* a, const T* const (&b)[N], int64_t channels,
                      int64_t stride, int64_t padded_n) {
-  constexpr int64_t L = kLanes<T>;
-  for (int64_t p0 = 0; p0 < padded_n; p0 += kBlock<T>) {
-    Vec<T> r[kVectorsPerBlock] = {};
-    const T* ar = a + p0;
-    const T* br = b + p0;
-    for (int64_t c = 0; c < channels; ++c, ar += stride, br += stride) {
+  constexpr int64_t L = kLanes<T>, V = kVectorsPerBlock / N;
+  for (int64_t p0 = 0; p0 < padded_n; p0 += V * L) {
+    Vec<T> r[N][V] = {};
+    for (int64_t c = 0, i = p0; c < channels; ++c, i += stride) {
 #pragma GCC unroll 8
-      for (int64_t v = 0; v < kVectorsPerBlock; ++v) r[v] += load(ar + v * L) * load(br + v * L);
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec<T> av = load(a + i + v * L);
+#pragma GCC unroll 4
+        for (int k = 0; k < N; ++k) r[k][v] += av * load(b[k] + i + v * L);
+      }
     }
+    for (int k = 0; k < N; ++k) {
 #pragma GCC unroll 8
-    for (int64_t v = 0; v < kVectorsPerBlock; ++v) store(acc + p0 + v * L, r[v]);
+      for (int64_t v = 0; v < V; ++v) store(acc[k] + p0 + v * L, r[k][v]);
+    }
   }
 }
 
-// For each channel ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the
-// offsets valid at p, p in [0, n). The gather that forms y, dx and dc. `coef` holds one row
-// of kTileWidth per offset; lanes outside an offset's span are masked (a select, so whatever
-// lies there, even inf or NaN, never leaks in).
 template <typename T>
-void gather_rows(T* out, int64_t out_stride, const T* coef, const RowMajor& src, const Segment& s) {
-  constexpr int64_t L = kLanes<T>;
+inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t stride,
+                     int64_t padded_n) {
+  T* const accs[1] = {acc};
+  const T* const bs[1] = {b};
+  dot_rows<1>(accs, a, bs, channels, stride, padded_n);
+}
+
+// For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
+// valid at p, p in [0, n): the gather that forms y, dx and dc (N channels at once, so each load
+// of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset; lanes
+// outside an offset's span are masked by a select, so whatever lies there (even inf or NaN)
+// never leaks in.
+template <int N, typename T>
+void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N],
+                     const int64_t* delta, const Segment& s) {
+  constexpr int64_t L = kLanes<T>, V = kVectorsPerBlock / N;
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
   typedef I IVec __attribute__((vector_size(32)));
-  const size_t n_off = s.offsets.size();
-  std::vector<int64_t> delta(n_off);
-  for (size_t o = 0; o < n_off; ++o) delta[o] = src.delta(s.offsets[o]);
   IVec lane;
   for (int64_t t = 0; t < L; ++t) lane[t] = static_cast<I>(t);
   const Vec<T> zero = {};
-  const T* src_row = src.at<T>(s.b, s.h, s.w0);
-  T tmp[kBlock<T>];
-  for (int64_t ch = 0; ch < src.channels; ++ch, out += out_stride, src_row += src.width) {
-    for (int64_t p0 = 0; p0 < s.padded_n; p0 += kBlock<T>) {
-      Vec<T> r[kVectorsPerBlock] = {};
-      for (size_t o = 0; o < n_off; ++o) {
-        const Offset& off = s.offsets[o];
-        const T* w = coef + o * kTileWidth + p0;
-        const T* x = src_row + delta[o] + p0;
-        if (!off.partial) {
+  for (int64_t p0 = 0; p0 < s.padded_n; p0 += V * L) {
+    Vec<T> r[N][V] = {};
+    for (size_t o = 0; o < s.offsets.size(); ++o) {
+      const Offset& off = s.offsets[o];
+      const T* w = coef + o * kTileWidth + p0;
+      const int64_t i = delta[o] + p0;
+      if (!off.partial) {
 #pragma GCC unroll 8
-          for (int64_t v = 0; v < kVectorsPerBlock; ++v) r[v] += load(w + v * L) * load(x + v * L);
-        } else {
+        for (int64_t v = 0; v < V; ++v) {
+          const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 4
+          for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+        }
+      } else {
 #pragma GCC unroll 8
-          for (int64_t v = 0; v < kVectorsPerBlock; ++v) {
-            const IVec idx = lane + static_cast<I>(p0 + v * L);
-            const IVec inside = (idx >= static_cast<I>(off.begin)) & (idx < static_cast<I>(off.end));
-            const Vec<T> prod = load(w + v * L) * load(x + v * L);
-            r[v] += inside ? prod : zero;
+        for (int64_t v = 0; v < V; ++v) {
+          const IVec idx = lane + static_cast<I>(p0 + v * L);
+          const IVec inside = (idx >= static_cast<I>(off.begin)) & (idx < static_cast<I>(off.end));
+          const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 4
+          for (int k = 0; k < N; ++k) {
+            const Vec<T> prod = wv * load(src[k] + i + v * L);
+            r[k][v] += inside ? prod : zero;
           }
         }
       }
-      const int64_t n = std::min(kBlock<T>, s.n - p0);
-      if (n == kBlock<T>) {
+    }
+    const int64_t n = std::min(V * L, s.n - p0);
+    for (int k = 0; k < N; ++k) {
+      if (n == V * L) {
 #pragma GCC unroll 8
-        for (int64_t v = 0; v < kVectorsPerBlock; ++v) store(out + p0 + v * L, r[v]);
-      } else {
-        for (int64_t v = 0; v < kVectorsPerBlock; ++v) store(tmp + v * L, r[v]);
-        std::copy(tmp, tmp + n, out + p0);
+        for (int64_t v = 0; v < V; ++v) store(out[k] + p0 + v * L, r[k][v]);
+      } else if (n > 0) {
+        T tmp[V * L];
+        for (int64_t v = 0; v < V; ++v) store(tmp + v * L, r[k][v]);
+        std::copy(tmp, tmp + n, out[k] + p0);
       }
     }
+  }
+}
+
+// gather_channels over every channel of src, two at a time.
+template <typename T>
+void gather_rows(T* out, int64_t out_stride, const T* coef, const RowMajor& src, const Segment& s) {
+  std::vector<int64_t> delta(s.offsets.size());
+  for (size_t o = 0; o < s.offsets.size(); ++o) delta[o] = src.delta(s.offsets[o]);
+  const T* row = src.at<T>(s.b, s.h, s.w0);
+  int64_t ch = 0;
+  for (; ch + 2 <= src.channels; ch += 2) {
+    T* const outs[2] = {out + ch * out_stride, out + (ch + 1) * out_stride};
+    const T* const rows[2] = {row + ch * src.width, row + (ch + 1) * src.width};
+    gather_channels<2>(outs, coef, rows, delta.data(), s);
+  }
+  if (ch < src.channels) {
+    T* const outs[1] = {out + ch * out_stride};
+    const T* const rows[1] = {row + ch * src.width};
+    gather_channels<1>(outs, coef, rows, delta.data(), s);
   }
 }
 
@@ -304,9 +357,19 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       g.segment<T>(item, seg);
       const int64_t hw = seg.h * g.width + seg.w0;  // NCHW index of the segment start
       const T* xi = xs.at<T>(seg.b, seg.h, seg.w0);
-      for (size_t o = 0; o < seg.offsets.size(); ++o) {
+      const size_t n_off = seg.offsets.size();
+      size_t o = 0;
+      for (; o + 2 <= n_off; o += 2) {  // two offsets per pass over the pixel's features
+        T* const l[2] = {weights.data() + o * kTileWidth, weights.data() + (o + 1) * kTileWidth};
+        const T* const nb[2] = {xi + xs.delta(seg.offsets[o]), xi + xs.delta(seg.offsets[o + 1])};
+        dot_rows<2>(l, xi, nb, xs.channels, g.width, seg.padded_n);
+      }
+      if (o < n_off) {
+        dot_rows(weights.data() + o * kTileWidth, xi, xi + xs.delta(seg.offsets[o]), xs.channels,
+                 g.width, seg.padded_n);
+      }
+      for (o = 0; o < n_off; ++o) {
         T* l = weights.data() + o * kTileWidth;
-        dot_rows(l, xi, xi + xs.delta(seg.offsets[o]), xs.channels, g.width, seg.padded_n);
         for (int64_t p = 0; p < seg.padded_n; p += kLanes<T>) store(l + p, load(l + p) * s);
       }
       softmax_segment(seg, weights.data(), row_max.data(), row_sum.data(),
@@ -350,7 +413,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
     //   w_ji[o][p] = exp(logit_ij − L_j)   (the neighbour's softmax weight of i)
     //   coef[o][p] = s·(w_ij(<dy_i, c_j> − D_i) + w_ji(<dy_j, c_i> − D_j))
     std::vector<T> w_ji(kk * kTileWidth), coef(kk * kTileWidth);
-    std::vector<T> logit(kTileWidth), dy_i_c_j(kTileWidth), dy_j_c_i(kTileWidth);
+    std::vector<T> logit(2 * kTileWidth), dy_i_c_j(2 * kTileWidth), dy_j_c_i(2 * kTileWidth);
     Segment seg;
     for (int64_t item = first; item < last; ++item) {
       g.segment<T>(item, seg);
@@ -359,21 +422,45 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
       const T* dyi = dys.at<T>(seg.b, seg.h, seg.w0);
       const T* lse_i = ls.at<T>(seg.b, seg.h, seg.w0);
       const T* d_i = ds.at<T>(seg.b, seg.h, seg.w0);
-      for (size_t o = 0; o < seg.offsets.size(); ++o) {
-        const Offset& off = seg.offsets[o];
-        const int64_t dc_ = cs.delta(off), d1 = ls.delta(off);
-        dot_rows(logit.data(), xi, xi + xs.delta(off), cp, g.width, seg.padded_n);
-        dot_rows(dy_i_c_j.data(), dyi, ci + dc_, cc, g.width, seg.padded_n);
-        dot_rows(dy_j_c_i.data(), dyi + dc_, ci, cc, g.width, seg.padded_n);
+      // The three dot products of offsets o and o + 1 at once (each shares its `a` row).
+      auto dots = [&](size_t o, auto group) {
+        constexpr int G = decltype(group)::value;
+        T* lg[G];
+        T* qj[G];
+        T* qi[G];
+        const T* xj[G];
+        const T* cj[G];
+        const T* dyj[G];
+        for (int k = 0; k < G; ++k) {
+          lg[k] = logit.data() + k * kTileWidth;
+          qj[k] = dy_i_c_j.data() + k * kTileWidth;
+          qi[k] = dy_j_c_i.data() + k * kTileWidth;
+          xj[k] = xi + xs.delta(seg.offsets[o + k]);
+          cj[k] = ci + cs.delta(seg.offsets[o + k]);
+          dyj[k] = dyi + dys.delta(seg.offsets[o + k]);
+        }
+        dot_rows<G>(lg, xi, xj, cp, g.width, seg.padded_n);
+        dot_rows<G>(qj, dyi, cj, cc, g.width, seg.padded_n);
+        dot_rows<G>(qi, ci, dyj, cc, g.width, seg.padded_n);
+      };
+      const size_t n_off = seg.offsets.size();
+      for (size_t o = 0; o < n_off; ++o) {
+        const size_t k = o % 2;
+        if (k == 0 && o + 1 < n_off) dots(o, std::integral_constant<int, 2>{});
+        if (k == 0 && o + 1 == n_off) dots(o, std::integral_constant<int, 1>{});
+        const int64_t d1 = ls.delta(seg.offsets[o]);
+        const T* lg = logit.data() + k * kTileWidth;
+        const T* qj = dy_i_c_j.data() + k * kTileWidth;
+        const T* qi = dy_j_c_i.data() + k * kTileWidth;
         T* wji = w_ji.data() + o * kTileWidth;
-        T* k = coef.data() + o * kTileWidth;
+        T* coef_o = coef.data() + o * kTileWidth;
         for (int64_t p = 0; p < seg.padded_n; p += L) {  // lanes off the span: masked later
-          const Vec<T> l = s * load(logit.data() + p);
+          const Vec<T> l = s * load(lg + p);
           const Vec<T> wij = exp_vec(l - load(lse_i + p));
           const Vec<T> wj = exp_vec(l - load(lse_i + d1 + p));
           store(wji + p, wj);
-          store(k + p, s * (wij * (load(dy_i_c_j.data() + p) - load(d_i + p)) +
-                            wj * (load(dy_j_c_i.data() + p) - load(d_i + d1 + p))));
+          store(coef_o + p, s * (wij * (load(qj + p) - load(d_i + p)) +
+                                 wj * (load(qi + p) - load(d_i + d1 + p))));
         }
       }
       // dx_i = Σ_o coef_o · x_{i+δo};   dc_i = Σ_o w_ji,o · dy_{i+δo}   (outputs NCHW)

@@ -243,14 +243,15 @@ def test_lse_is_not_differentiable():
     assert not lse.requires_grad
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_forward_and_backward(backend):
     torch._dynamo.reset()
     x, c = make_inputs(2, 4, 3, 9, 10, dtype=torch.float32)
 
     def step(a, b):
         return (local_correlation(a, b, 5, 1, 1.0) * b).sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
     grads = []
     for fn in (step, compiled):
         a, b = x.clone().requires_grad_(), c.clone().requires_grad_()

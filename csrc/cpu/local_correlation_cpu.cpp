@@ -228,41 +228,38 @@ inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t s
 
 // For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
 // valid at p, p in [0, n): the gather that forms y, dx and dc (N channels at once, so each load
-// of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset; lanes
-// outside an offset's span are masked by a select, so whatever lies there (even inf or NaN)
-// never leaks in.
+// of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset. Vectors
+// that straddle the edge of an offset's valid span (or the segment's end) take the valid lanes
+// one by one, so `src` is never read outside the image: it may be the caller's NCHW tensor.
 template <int N, typename T>
 void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N],
                      const int64_t* delta, const Segment& s) {
   constexpr int64_t L = kLanes<T>, V = kVectorsPerBlock / N;
-  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I IVec __attribute__((vector_size(32)));
-  IVec lane;
-  for (int64_t t = 0; t < L; ++t) lane[t] = static_cast<I>(t);
-  const Vec<T> zero = {};
   for (int64_t p0 = 0; p0 < s.padded_n; p0 += V * L) {
     Vec<T> r[N][V] = {};
     for (size_t o = 0; o < s.offsets.size(); ++o) {
       const Offset& off = s.offsets[o];
       const T* w = coef + o * kTileWidth + p0;
       const int64_t i = delta[o] + p0;
-      if (!off.partial) {
+      if (off.begin <= p0 && p0 + V * L <= off.end) {  // the whole block is valid
 #pragma GCC unroll 8
         for (int64_t v = 0; v < V; ++v) {
           const Vec<T> wv = load(w + v * L);
 #pragma GCC unroll 4
           for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
         }
-      } else {
-#pragma GCC unroll 8
-        for (int64_t v = 0; v < V; ++v) {
-          const IVec idx = lane + static_cast<I>(p0 + v * L);
-          const IVec inside = (idx >= static_cast<I>(off.begin)) & (idx < static_cast<I>(off.end));
+        continue;
+      }
+      for (int64_t v = 0; v < V; ++v) {
+        const int64_t lo = std::max<int64_t>(off.begin - p0 - v * L, 0);
+        const int64_t hi = std::min<int64_t>(off.end - p0 - v * L, L);
+        if (lo >= hi) continue;
+        if (lo == 0 && hi == L) {
           const Vec<T> wv = load(w + v * L);
-#pragma GCC unroll 4
+          for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+        } else {
           for (int k = 0; k < N; ++k) {
-            const Vec<T> prod = wv * load(src[k] + i + v * L);
-            r[k][v] += inside ? prod : zero;
+            for (int64_t t = lo; t < hi; ++t) r[k][v][t] += w[v * L + t] * src[k][i + v * L + t];
           }
         }
       }
@@ -281,22 +278,44 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
   }
 }
 
+// Where gather_rows reads: channel 0 of the segment start, the distance between channels, and
+// the distance to each window offset's neighbour.
+struct Source {
+  const void* row;
+  int64_t channels;
+  int64_t channel_stride;
+  std::vector<int64_t> delta;
+
+  // An operand copy (B, H, C, W).
+  template <typename T>
+  Source(const RowMajor& m, const Segment& s, const T*)
+      : row(m.at<T>(s.b, s.h, s.w0)), channels(m.channels), channel_stride(m.width) {
+    for (const Offset& off : s.offsets) delta.push_back(m.delta(off));
+  }
+  // The caller's contiguous NCHW tensor.
+  template <typename T>
+  Source(const T* nchw, int64_t channels_, int64_t height, int64_t width, const Segment& s)
+      : row(nchw + (s.b * channels_ * height + s.h) * width + s.w0),
+        channels(channels_),
+        channel_stride(height * width) {
+    for (const Offset& off : s.offsets) delta.push_back(off.rows * width + off.cols);
+  }
+};
+
 // gather_channels over every channel of src, two at a time.
 template <typename T>
-void gather_rows(T* out, int64_t out_stride, const T* coef, const RowMajor& src, const Segment& s) {
-  std::vector<int64_t> delta(s.offsets.size());
-  for (size_t o = 0; o < s.offsets.size(); ++o) delta[o] = src.delta(s.offsets[o]);
-  const T* row = src.at<T>(s.b, s.h, s.w0);
+void gather_rows(T* out, int64_t out_stride, const T* coef, const Source& src, const Segment& s) {
+  const T* row = static_cast<const T*>(src.row);
   int64_t ch = 0;
   for (; ch + 2 <= src.channels; ch += 2) {
     T* const outs[2] = {out + ch * out_stride, out + (ch + 1) * out_stride};
-    const T* const rows[2] = {row + ch * src.width, row + (ch + 1) * src.width};
-    gather_channels<2>(outs, coef, rows, delta.data(), s);
+    const T* const rows[2] = {row + ch * src.channel_stride, row + (ch + 1) * src.channel_stride};
+    gather_channels<2>(outs, coef, rows, src.delta.data(), s);
   }
   if (ch < src.channels) {
     T* const outs[1] = {out + ch * out_stride};
-    const T* const rows[1] = {row + ch * src.width};
-    gather_channels<1>(outs, coef, rows, delta.data(), s);
+    const T* const rows[1] = {row + ch * src.channel_stride};
+    gather_channels<1>(outs, coef, rows, src.delta.data(), s);
   }
 }
 
@@ -345,7 +364,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
   const int64_t plane = g.height * g.width;
   const int64_t kk = kernel_size * kernel_size;
   const RowMajor xs = row_major_copy(pattern, guard_for(g));
-  const RowMajor cs = row_major_copy(content, guard_for(g));
+  const at::Tensor cs = content.contiguous();  // the gather reads one channel at a time
+  const int64_t cc = cs.size(1);
   T* y = out.mutable_data_ptr<T>();
   T* lse_ptr = lse.mutable_data_ptr<T>();
   const T s = static_cast<T>(scale);
@@ -374,7 +394,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       }
       softmax_segment(seg, weights.data(), row_max.data(), row_sum.data(),
                       lse_ptr + seg.b * plane + hw);
-      gather_rows(y + seg.b * cs.channels * plane + hw, plane, weights.data(), cs, seg);
+      gather_rows(y + seg.b * cc * plane + hw, plane, weights.data(),
+                  Source(cs.const_data_ptr<T>(), cc, g.height, g.width, seg), seg);
     }
   });
 }
@@ -465,8 +486,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
       }
       // dx_i = Σ_o coef_o · x_{i+δo};   dc_i = Σ_o w_ji,o · dy_{i+δo}   (outputs NCHW)
       const int64_t hw = seg.h * g.width + seg.w0;
-      gather_rows(dx + seg.b * cp * plane + hw, plane, coef.data(), xs, seg);
-      gather_rows(dc + seg.b * cc * plane + hw, plane, w_ji.data(), dys, seg);
+      gather_rows(dx + seg.b * cp * plane + hw, plane, coef.data(), Source(xs, seg, xi), seg);
+      gather_rows(dc + seg.b * cc * plane + hw, plane, w_ji.data(), Source(dys, seg, xi), seg);
     }
   });
 }

@@ -1,0 +1,452 @@
+"""The ``lcnet`` command line (also ``python -m lcnet``): synth, train, eval, deblur.
+
+User errors (a missing file, a corrupt image, a foreign checkpoint, a bad flag value, a run
+folder that already exists) end with one line on stderr and exit code 2, never a traceback;
+an interrupted training saves a checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import synth
+from .evaluate import DeblurConfig, EvalConfig, deblur_files, evaluate, format_table
+from .losses import VGGWeightsNotFoundError
+from .train import EXIT_INTERRUPTED, LCNetError, TrainConfig, train
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2  # argparse's code for bad usage; ours for every user error
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types: each message names the value; argparse adds the flag.
+
+
+def _int(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    return _int(text, 0, "an integer >= 0")
+
+
+def tile_size(text: str) -> int:
+    return _int(text, 16, "a tile size >= 16")
+
+
+def _float(text: str, allow_zero: bool) -> float:
+    what = "a number >= 0" if allow_zero else "a positive number"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (value > 0 or (allow_zero and value == 0)) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return _float(text, allow_zero=False)
+
+
+def nonnegative_float(text: str) -> float:
+    return _float(text, allow_zero=True)
+
+
+def widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 18,36,72, got {text!r}"
+        )
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers
+
+
+def _add_device(p: argparse.ArgumentParser, default: Any = "auto") -> None:
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=default,
+        help="where to run (default: auto, i.e. CUDA when a GPU is visible)",
+    )
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """The flags of ``lcnet train``; with ``suppress``, no defaults (to see what was given)."""
+    d = _TRAIN_DEFAULTS
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        metavar="ROOT",
+        default=default(d.data),
+        help="GOPRO-layout root ({train,test}/SEQ/{blur,blur_gamma,sharp}/*.png); "
+        "default: the bundled synthetic set (built on first use)",
+    )
+    data.add_argument("--blur-dir", choices=("blur", "blur_gamma"), default=default(d.blur_dir))
+    data.add_argument(
+        "--patch-size", type=positive_int, default=default(d.patch_size), help="crop side"
+    )
+    data.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=default(d.workers),
+        help="data-loading processes per rank (default: min(8, CPU count))",
+    )
+
+    optim = p.add_argument_group("optimisation (defaults: the paper's recipe)")
+    optim.add_argument("--epochs", type=positive_int, default=default(d.epochs))
+    optim.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=default(d.max_steps),
+        help="stop after this many optimiser steps in total (whichever of this and "
+        "--epochs ends first)",
+    )
+    optim.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default(d.batch_size),
+        help="global batch, split evenly across processes",
+    )
+    optim.add_argument("--lr", type=positive_float, default=default(d.lr))
+    optim.add_argument(
+        "--lr-step-epochs",
+        type=positive_int,
+        default=default(d.lr_step_epochs),
+        help="multiply the learning rate by --lr-gamma every this many epochs",
+    )
+    optim.add_argument("--lr-gamma", type=positive_float, default=default(d.lr_gamma))
+    optim.add_argument(
+        "--content-weight",
+        type=nonnegative_float,
+        default=default(d.content_weight),
+        help="weight of the VGG-19 content loss (0: L1 only, no VGG weights needed)",
+    )
+    optim.add_argument(
+        "--vgg-weights",
+        metavar="PATH",
+        default=default(d.vgg_weights),
+        help="torchvision VGG-19 state dict (default: torchvision's cache vgg19-dcbb9e9d.pth)",
+    )
+    optim.add_argument(
+        "--amp",
+        action="store_true",
+        default=default(d.amp),
+        help="float16 mixed precision (CUDA only)",
+    )
+    optim.add_argument("--seed", type=nonnegative_int, default=default(d.seed))
+
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--widths",
+        type=widths,
+        default=default(d.widths),
+        help="channels of the three scales (default: 18,36,72, about 2.7 MiB as in the paper)",
+    )
+    model.add_argument(
+        "--kernel-size",
+        type=positive_int,
+        default=default(d.kernel_size),
+        help="window of the local correlation (odd)",
+    )
+    model.add_argument(
+        "--lc-backend",
+        choices=("fused", "reference"),
+        default=default(d.lc_backend),
+        help="fused: the compiled kernels; reference: pure PyTorch (slow)",
+    )
+
+    run = p.add_argument_group("run")
+    run.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        default=default(d.out),
+        help="run folder for checkpoints and logs (default: %(default)s)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        default=default(False),
+        help="continue the run in --out from last.pt; flags not given again are the run's own",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=default(False),
+        help="start afresh in an existing --out (replaces its checkpoints and logs)",
+    )
+    if not suppress:
+        _add_device(run)
+    else:
+        run.add_argument("--device", default=argparse.SUPPRESS)
+    run.add_argument(
+        "--val-every",
+        type=nonnegative_int,
+        default=default(d.val_every),
+        help="validate on the test split every N steps and keep best.pt (0: never)",
+    )
+    run.add_argument(
+        "--val-images",
+        type=positive_int,
+        default=default(d.val_images),
+        help="test images used by --val-every",
+    )
+    run.add_argument("--log-every", type=positive_int, default=default(d.log_every))
+    run.add_argument(
+        "--save-every",
+        type=positive_int,
+        default=default(d.save_every),
+        help="steps between checkpoints (one is always written at the end and on Ctrl-C)",
+    )
+
+
+def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="CKPT", required=True, help="a .pt from lcnet train")
+    p.add_argument(
+        "--tile",
+        type=tile_size,
+        default=None,
+        metavar="N",
+        help="run on overlapping N×N tiles (saves memory on large images)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=nonnegative_int,
+        default=None,
+        metavar="PX",
+        help="pixels shared by neighbouring tiles, blended smoothly (default: min(32, N/4))",
+    )
+    _add_device(p)
+    p.add_argument(
+        "--lc-backend",
+        choices=("fused", "reference"),
+        default=None,
+        help="override the checkpoint's local-correlation backend",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcnet",
+        description="LCNet: image deblurring with local correlation blocks (Su, Yuan, Wang).",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth",
+        help="make a synthetic GOPRO-layout data set",
+        description="Make a synthetic GOPRO-layout data set from images bundled with "
+        "installed packages, blurred along random camera trajectories.",
+    )
+    synth.add_synth_arguments(p)
+    p.set_defaults(func=_run_synth)
+
+    p = sub.add_parser(
+        "train",
+        help="train LCNet",
+        description="Train LCNet (defaults: the paper's recipe). Data parallel under "
+        "torchrun: torchrun --nproc_per_node N -m lcnet train ...",
+    )
+    _add_train_arguments(p)
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="PSNR / SSIM / size / runtime of a checkpoint (Table 1)",
+        description="Evaluate a checkpoint on a GOPRO-layout split: PSNR and SSIM per image, "
+        "the blurry input as baseline, parameter count, size and runtime; prints a table "
+        "like the paper's Table 1.",
+    )
+    p.add_argument("--data", metavar="ROOT", default=None, help="default: the bundled set")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument(
+        "--blur-dir",
+        choices=("blur", "blur_gamma"),
+        default=None,
+        help="blurry images to use (default: those the checkpoint was trained on)",
+    )
+    p.add_argument("--out", metavar="RESULTS_JSON", default=None, help="write results here")
+    p.add_argument(
+        "--save-images",
+        metavar="DIR",
+        default=None,
+        help="write deblurred images and blurry|deblurred|sharp strips here",
+    )
+    p.add_argument("--limit", type=positive_int, default=None, help="first N pairs only")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_checkpoint_arguments(p)
+    p.set_defaults(func=_run_eval)
+
+    p = sub.add_parser(
+        "deblur",
+        help="deblur image files or folders",
+        description="Deblur images (files, or folders of images) of any size and any format "
+        "scikit-image reads; writes OUT/<stem>.png of the same size.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", metavar="DIR", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
+    _add_checkpoint_arguments(p)
+    p.set_defaults(func=_run_deblur)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+def _run_synth(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    try:
+        return int(synth.run_synth(args) or 0)
+    except (FileExistsError, ValueError) as exc:  # --out in the way, a bad count or size
+        raise LCNetError(str(exc)) from exc
+
+
+def _explicit_train_flags(argv: Sequence[str]) -> frozenset[str]:
+    """Names of the train flags present on the command line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_train_arguments(parser, suppress=True)
+    rest = list(argv)[list(argv).index("train") + 1 :]
+    given, _ = parser.parse_known_args(rest)
+    return frozenset(vars(given))
+
+
+def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    result = train(cfg, explicit=_explicit_train_flags(argv))
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    cfg = EvalConfig(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        split=args.split,
+        blur_dir=args.blur_dir,
+        out=args.out,
+        save_images=args.save_images,
+        device=args.device,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        limit=args.limit,
+        lc_backend=args.lc_backend,
+        overwrite=args.overwrite,
+    )
+    results = evaluate(cfg)
+    print(format_table(results))
+    if cfg.out:
+        log.info("wrote %s", cfg.out)
+    return 0
+
+
+def _run_deblur(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    cfg = DeblurConfig(
+        checkpoint=args.checkpoint,
+        inputs=args.inputs,
+        out=args.out,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        device=args.device,
+        lc_backend=args.lc_backend,
+        overwrite=args.overwrite,
+    )
+    written = deblur_files(cfg)
+    log.info("wrote %d image(s) to %s", len(written), cfg.out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest and tqdm replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _setup_logging(level: int) -> None:
+    """Messages of ``level`` and above go to stderr; the package logger itself passes INFO on,
+    so that train.log is complete whatever -q says."""
+    package_log = logging.getLogger("lcnet")
+    package_log.setLevel(min(level, logging.INFO))
+    handler = next((h for h in package_log.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package_log.addHandler(handler)
+    handler.setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+# Errors a user can cause by what they pass; anything else is a bug and keeps its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (LCNetError, VGGWeightsNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lcnet`` command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    _setup_logging(level)
+    func: Callable[[argparse.Namespace, Sequence[str]], int] = args.func
+    try:
+        return func(args, argv)
+    except _USER_ERRORS as exc:
+        if args.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"lcnet {args.command}: error: {_one_line(exc)}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"lcnet {args.command}: interrupted\n")
+        return EXIT_INTERRUPTED

@@ -104,7 +104,10 @@ if mode != "0":
 
 sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))]
 sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
-cxx_flags = ["-O3"]
+# -fopenmp: at::parallel_for is a header template over `#pragma omp parallel`; without the
+# flag it silently runs on one thread. libgomp.so.1 resolves to the copy torch has loaded.
+cxx_flags = ["-O3", "-fopenmp"]
+link_flags = ["-fopenmp"]
 cpu_arch = os.environ.get("LCBLOCK_CPU_ARCH", "native").strip()
 if cpu_arch:
     cxx_flags.append(f"-march={cpu_arch}")
@@ -127,6 +130,7 @@ if with_cuda:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
     )
 else:
     extension = CppExtension(
@@ -134,6 +138,7 @@ else:
         sources,
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))

@@ -295,7 +295,8 @@ def time_ms(
             pairs.append((start, end))
         torch.cuda.synchronize(device)
         return statistics.median(s.elapsed_time(e) for s, e in pairs)
-    timer = Timer(stmt="step()", globals={"step": step})
+    # Timer runs on one thread unless told otherwise; measure with the threads the header reports.
+    timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     # blocked_autorange stops after min_run_time; slow steps (one per block) would then give a
     # single sample, so stretch the run time to get at least `repeats` blocks.
     estimate_s = timer.timeit(1).median

@@ -14,6 +14,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -56,6 +60,43 @@ inline Vec<T> load(const T* p) {
 template <typename T>
 inline void store(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// Lanes [lo, hi) of a vector, as a select mask.
+template <typename T>
+struct MaskOf {
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Lane;
+  typedef Lane Type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Mask = typename MaskOf<T>::Type;
+template <typename T>
+inline Mask<T> lane_mask(int64_t lo, int64_t hi) {
+  Mask<T> idx;
+  for (int64_t t = 0; t < kLanes<T>; ++t) idx[t] = static_cast<typename MaskOf<T>::Lane>(t);
+  return (idx >= static_cast<typename MaskOf<T>::Lane>(lo)) &
+         (idx < static_cast<typename MaskOf<T>::Lane>(hi));
+}
+
+// Loads the lanes of `inside` only; the others read as 0 and their memory is never touched
+// (it may lie outside the tensor).
+inline Vec<float> masked_load(const float* p, Mask<float> inside) {
+#if defined(__AVX2__)
+  return reinterpret_cast<Vec<float>>(_mm256_maskload_ps(p, (__m256i)inside));
+#else
+  Vec<float> v = {};
+  for (int64_t t = 0; t < kLanes<float>; ++t) v[t] = inside[t] ? p[t] : 0.0f;
+  return v;
+#endif
+}
+inline Vec<double> masked_load(const double* p, Mask<double> inside) {
+#if defined(__AVX2__)
+  return reinterpret_cast<Vec<double>>(_mm256_maskload_pd(p, (__m256i)inside));
+#else
+  Vec<double> v = {};
+  for (int64_t t = 0; t < kLanes<double>; ++t) v[t] = inside[t] ? p[t] : 0.0;
+  return v;
+#endif
 }
 
 // exp without a libm call, on whole vectors. Range reduction x = n·ln2 + r, |r| <= ln2/2
@@ -250,16 +291,22 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
         }
         continue;
       }
+      // Fully unrolled, so r[k][v] keep constant indices and stay in registers.
+#pragma GCC unroll 8
       for (int64_t v = 0; v < V; ++v) {
         const int64_t lo = std::max<int64_t>(off.begin - p0 - v * L, 0);
         const int64_t hi = std::min<int64_t>(off.end - p0 - v * L, L);
         if (lo >= hi) continue;
+        const Vec<T> wv = load(w + v * L);
         if (lo == 0 && hi == L) {
-          const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 4
           for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
         } else {
+          const auto inside = lane_mask<T>(lo, hi);
+          const Vec<T> zero = {};
+#pragma GCC unroll 4
           for (int k = 0; k < N; ++k) {
-            for (int64_t t = lo; t < hi; ++t) r[k][v][t] += w[v * L + t] * src[k][i + v * L + t];
+            r[k][v] += inside ? wv * masked_load(src[k] + i + v * L, inside) : zero;
           }
         }
       }

@@ -354,6 +354,14 @@ template <typename T>
 void gather_rows(T* out, int64_t out_stride, const T* coef, const Source& src, const Segment& s) {
   const T* row = static_cast<const T*>(src.row);
   int64_t ch = 0;
+  for (; ch + 4 <= src.channels; ch += 4) {
+    T* const outs[4] = {out + ch * out_stride, out + (ch + 1) * out_stride,
+                        out + (ch + 2) * out_stride, out + (ch + 3) * out_stride};
+    const T* const rows[4] = {row + ch * src.channel_stride, row + (ch + 1) * src.channel_stride,
+                              row + (ch + 2) * src.channel_stride,
+                              row + (ch + 3) * src.channel_stride};
+    gather_channels<4>(outs, coef, rows, src.delta.data(), s);
+  }
   for (; ch + 2 <= src.channels; ch += 2) {
     T* const outs[2] = {out + ch * out_stride, out + (ch + 1) * out_stride};
     const T* const rows[2] = {row + ch * src.channel_stride, row + (ch + 1) * src.channel_stride};

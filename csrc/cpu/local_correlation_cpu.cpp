@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -231,7 +232,27 @@ RowMajor row_major_copy(const at::Tensor& t, int64_t guard) {
   return r;
 }
 
-int64_t guard_for(const Geometry& g) { return g.radius * g.dilation + kTileWidth + 64; }
+// A multiple of 64 elements, so that segment starts keep the buffer's cache-line alignment.
+int64_t guard_for(const Geometry& g) {
+  return (g.radius * g.dilation + kTileWidth + 64 + 63) / 64 * 64;
+}
+
+// Per-thread scratch rows, aligned to cache lines (unaligned 32-byte loads that straddle two
+// lines cost twice).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : storage_(n + kAlign) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
+    data_ = storage_.data() + (kAlign - (addr / sizeof(T)) % kAlign) % kAlign;
+  }
+  T* data() { return data_; }
+
+ private:
+  static constexpr int64_t kAlign = 64 / sizeof(T);
+  std::vector<T> storage_;
+  T* data_;
+};
 
 // ---- row kernels ------------------------------------------------------------------------
 
@@ -426,7 +447,7 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
   const T s = static_cast<T>(scale);
 
   at::parallel_for(0, g.items(), 1, [&](int64_t first, int64_t last) {
-    std::vector<T> weights(kk * kTileWidth), row_max(kTileWidth), row_sum(kTileWidth);
+    Scratch<T> weights(kk * kTileWidth), row_max(kTileWidth), row_sum(kTileWidth);
     Segment seg;
     for (int64_t item = first; item < last; ++item) {
       g.segment<T>(item, seg);
@@ -488,8 +509,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
     // Per offset o and segment position p, with j = i + delta_o:
     //   w_ji[o][p] = exp(logit_ij − L_j)   (the neighbour's softmax weight of i)
     //   coef[o][p] = s·(w_ij(<dy_i, c_j> − D_i) + w_ji(<dy_j, c_i> − D_j))
-    std::vector<T> w_ji(kk * kTileWidth), coef(kk * kTileWidth);
-    std::vector<T> logit(2 * kTileWidth), dy_i_c_j(2 * kTileWidth), dy_j_c_i(2 * kTileWidth);
+    Scratch<T> w_ji(kk * kTileWidth), coef(kk * kTileWidth);
+    Scratch<T> logit(2 * kTileWidth), dy_i_c_j(2 * kTileWidth), dy_j_c_i(2 * kTileWidth);
     Segment seg;
     for (int64_t item = first; item < last; ++item) {
       g.segment<T>(item, seg);

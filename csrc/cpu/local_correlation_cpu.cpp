@@ -206,14 +206,24 @@ struct RowMajor {
   const T* at(int64_t b, int64_t h, int64_t w) const {
     return buffer.const_data_ptr<T>() + guard + (b * height + h) * row_pitch() + w;
   }
+  template <typename T>
+  T* mutable_at(int64_t b, int64_t h, int64_t w) {
+    return buffer.mutable_data_ptr<T>() + guard + (b * height + h) * row_pitch() + w;
+  }
 };
+
+// An uninitialised (B, H, C, W) buffer with zeroed guards.
+RowMajor row_major_empty(at::IntArrayRef bchw, const at::TensorOptions& options, int64_t guard) {
+  const int64_t body = bchw[0] * bchw[1] * bchw[2] * bchw[3];
+  RowMajor r{at::empty({2 * guard + body}, options), guard, bchw[1], bchw[2], bchw[3]};
+  r.buffer.narrow(0, 0, guard).zero_();
+  r.buffer.narrow(0, guard + body, guard).zero_();
+  return r;
+}
 
 RowMajor row_major_copy(const at::Tensor& t, int64_t guard) {
   const int64_t batch = t.size(0), channels = t.size(1), height = t.size(2), width = t.size(3);
-  const int64_t body = t.numel();
-  RowMajor r{at::empty({2 * guard + body}, t.options()), guard, channels, height, width};
-  r.buffer.narrow(0, 0, guard).zero_();
-  r.buffer.narrow(0, guard + body, guard).zero_();
+  RowMajor r = row_major_empty(t.sizes(), t.options(), guard);
   // A row copy per (b, c, h): simpler and faster than a generic permuted copy.
   const at::Tensor src = t.contiguous();
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "local_correlation_row_major_copy", [&] {
@@ -491,14 +501,14 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
   const RowMajor dys = row_major_copy(grad_out, guard), ys = row_major_copy(out, guard);
   // D_i = <dy_i, y_i> and L_i, needed at i and at every neighbour of i; (B, H, 1, W) layout.
   const RowMajor ls = row_major_copy(lse.unsqueeze(1), guard);
-  const RowMajor ds = row_major_copy(at::zeros_like(lse).unsqueeze(1), guard);
+  RowMajor ds = row_major_empty({g.batch, 1, g.height, g.width}, lse.options(), guard);
   at::parallel_for(0, g.batch * g.height, 1, [&](int64_t first, int64_t last) {
     std::vector<T> d((g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>);
     for (int64_t row = first; row < last; ++row) {
       const int64_t b = row / g.height, h = row % g.height;
       dot_rows(d.data(), dys.at<T>(b, h, 0), ys.at<T>(b, h, 0), cc, g.width,
                static_cast<int64_t>(d.size()));
-      std::copy(d.begin(), d.begin() + g.width, const_cast<T*>(ds.at<T>(b, h, 0)));
+      std::copy(d.begin(), d.begin() + g.width, ds.mutable_at<T>(b, h, 0));
     }
   });
   T* dx = grad_pattern.mutable_data_ptr<T>();

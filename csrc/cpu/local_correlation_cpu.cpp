@@ -51,6 +51,8 @@ constexpr int64_t kLanes = Simd<T>::kLanes;
 constexpr int64_t kVectorsPerBlock = 8;
 template <typename T>
 constexpr int64_t kBlock = kVectorsPerBlock * kLanes<T>;
+// Window offsets whose dot products share one pass over the pixel's own features.
+constexpr size_t kGroup = 4;
 
 template <typename T>
 inline Vec<T> load(const T* p) {
@@ -465,6 +467,15 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       const T* xi = xs.at<T>(seg.b, seg.h, seg.w0);
       const size_t n_off = seg.offsets.size();
       size_t o = 0;
+      for (; o + 4 <= n_off; o += 4) {  // four offsets per pass over the pixel's features
+        T* const l[4] = {weights.data() + o * kTileWidth, weights.data() + (o + 1) * kTileWidth,
+                         weights.data() + (o + 2) * kTileWidth,
+                         weights.data() + (o + 3) * kTileWidth};
+        const T* const nb[4] = {
+            xi + xs.delta(seg.offsets[o]), xi + xs.delta(seg.offsets[o + 1]),
+            xi + xs.delta(seg.offsets[o + 2]), xi + xs.delta(seg.offsets[o + 3])};
+        dot_rows<4>(l, xi, nb, xs.channels, g.width, seg.padded_n);
+      }
       for (; o + 2 <= n_off; o += 2) {  // two offsets per pass over the pixel's features
         T* const l[2] = {weights.data() + o * kTileWidth, weights.data() + (o + 1) * kTileWidth};
         const T* const nb[2] = {xi + xs.delta(seg.offsets[o]), xi + xs.delta(seg.offsets[o + 1])};
@@ -520,7 +531,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
     //   w_ji[o][p] = exp(logit_ij − L_j)   (the neighbour's softmax weight of i)
     //   coef[o][p] = s·(w_ij(<dy_i, c_j> − D_i) + w_ji(<dy_j, c_i> − D_j))
     Scratch<T> w_ji(kk * kTileWidth), coef(kk * kTileWidth);
-    Scratch<T> logit(2 * kTileWidth), dy_i_c_j(2 * kTileWidth), dy_j_c_i(2 * kTileWidth);
+    Scratch<T> logit(kGroup * kTileWidth), dy_i_c_j(kGroup * kTileWidth);
+    Scratch<T> dy_j_c_i(kGroup * kTileWidth);
     Segment seg;
     for (int64_t item = first; item < last; ++item) {
       g.segment<T>(item, seg);
@@ -529,7 +541,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
       const T* dyi = dys.at<T>(seg.b, seg.h, seg.w0);
       const T* lse_i = ls.at<T>(seg.b, seg.h, seg.w0);
       const T* d_i = ds.at<T>(seg.b, seg.h, seg.w0);
-      // The three dot products of offsets o and o + 1 at once (each shares its `a` row).
+      // The three dot products of up to kGroup offsets at once (each shares its `a` row).
       auto dots = [&](size_t o, auto group) {
         constexpr int G = decltype(group)::value;
         T* lg[G];
@@ -552,9 +564,15 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
       };
       const size_t n_off = seg.offsets.size();
       for (size_t o = 0; o < n_off; ++o) {
-        const size_t k = o % 2;
-        if (k == 0 && o + 1 < n_off) dots(o, std::integral_constant<int, 2>{});
-        if (k == 0 && o + 1 == n_off) dots(o, std::integral_constant<int, 1>{});
+        const size_t k = o % kGroup;
+        if (k == 0) {
+          switch (std::min<size_t>(kGroup, n_off - o)) {
+            case 4: dots(o, std::integral_constant<int, 4>{}); break;
+            case 3: dots(o, std::integral_constant<int, 3>{}); break;
+            case 2: dots(o, std::integral_constant<int, 2>{}); break;
+            default: dots(o, std::integral_constant<int, 1>{});
+          }
+        }
         const int64_t d1 = ls.delta(seg.offsets[o]);
         const T* lg = logit.data() + k * kTileWidth;
         const T* qj = dy_i_c_j.data() + k * kTileWidth;

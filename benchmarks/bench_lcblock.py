@@ -53,6 +53,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,7 @@ SEED = 0
 SCALE = 1.0  # the paper's eq. 3
 MIB = 2**20
 MS_PER_S = 1e3
+WARMUP_MIN_S = 0.5  # seconds of warm-up calls, at least
 WARMUP_CALLS = 2  # first calls compile (flex), fill caches and allocate
 DEFAULT_MIN_RUN_TIME_S = 1.0
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}  # minimum number of timed samples
@@ -275,9 +277,14 @@ def time_ms(
     step: Callable[[], object], device: torch.device, min_run_time: float, repeats: int
 ) -> float:
     """Median milliseconds of ``step()`` after warm-up (see the module docstring)."""
-    for _ in range(WARMUP_CALLS):
+    # Warm up for a number of calls and a minimum time: the first measurement of a process was
+    # seen 2-3x slow after a few calls only (thread pools and allocator still settling).
+    warm_start = time.perf_counter()
+    calls = 0
+    while calls < WARMUP_CALLS or time.perf_counter() - warm_start < WARMUP_MIN_S:
         step()
-    _synchronize(device)
+        _synchronize(device)
+        calls += 1
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()

@@ -278,6 +278,27 @@ def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("k", "d"), [(7, 1), (5, 2), (3, 3)])
+def test_forward_is_independent_of_how_rows_are_split_between_threads(k, d):
+    # The CPU forward reuses logits of the rows above (logit(i, j) = logit(j, i)); a thread
+    # whose rows start inside an image first recomputes the rows it needs. Every split of the
+    # rows (thread counts 1, 2, 3, 5) must give the reference's result, bit for bit the same.
+    x, c = make_inputs(3, 5, 4, 37, 20, dtype=torch.float64, seed=11)
+    expected = reference.local_correlation_with_lse(x, c, k, d, 0.8)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 5):
+            torch.set_num_threads(n)
+            results.append(OPS.local_correlation_forward(x, c, k, d, 0.8))
+    finally:
+        torch.set_num_threads(threads)
+    for y, lse in results:
+        assert_close(y, expected[0], torch.float64, "out")
+        assert_close(lse, expected[1], torch.float64, "lse")
+        assert torch.equal(y, results[0][0]) and torch.equal(lse, results[0][1])
+
+
 # ---- module and fallback -------------------------------------------------------------------
 
 

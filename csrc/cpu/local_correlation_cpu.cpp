@@ -53,6 +53,10 @@ template <typename T>
 constexpr int64_t kBlock = kVectorsPerBlock * kLanes<T>;
 // Window offsets whose dot products share one pass over the pixel's own features.
 constexpr size_t kGroup = 4;
+// Forward: window offsets per pass of the logits and channels per pass of the gather. Times
+// the two vectors of a block, twelve accumulator chains: enough to keep both FMA pipes busy.
+constexpr int kLogitOffsets = 6;
+constexpr int kGatherChannels = 6;
 
 template <typename T>
 inline Vec<T> load(const T* p) {
@@ -148,6 +152,9 @@ struct Offset {
 struct Segment {
   int64_t b = 0, h = 0, w0 = 0, n = 0;
   int64_t padded_n = 0;  // n rounded up to whole register blocks
+  // Positions [inner_begin, inner_end) where every offset is valid: blocks inside take the
+  // gathers' fast path, without a per-offset test.
+  int64_t inner_begin = 0, inner_end = 0;
   std::vector<Offset> offsets;
 };
 
@@ -184,6 +191,12 @@ struct Geometry {
         s.offsets.push_back({a * dilation, bo * dilation, begin, end, begin > 0 || end < s.n});
       }
     }
+    s.inner_begin = 0;
+    s.inner_end = s.n;
+    for (const Offset& off : s.offsets) {
+      s.inner_begin = std::max(s.inner_begin, off.begin);
+      s.inner_end = std::min(s.inner_end, off.end);
+    }
   }
 };
 
@@ -199,8 +212,9 @@ struct Geometry {
 struct RowMajor {
   at::Tensor buffer;
   int64_t guard, channels, height, width;
+  int64_t pitch;  // elements from one channel row to the next (>= width, see row_pitch_for)
 
-  int64_t row_pitch() const { return channels * width; }
+  int64_t row_pitch() const { return channels * pitch; }
   // Linear distance to the neighbour at `off`, in this tensor's layout.
   int64_t delta(const Offset& off) const { return off.rows * row_pitch() + off.cols; }
   // Channel 0 of pixel (b, h, w).
@@ -214,10 +228,22 @@ struct RowMajor {
   }
 };
 
-// An uninitialised (B, H, C, W) buffer with zeroed guards.
+// Channel rows are padded to an odd number of cache lines. With a power-of-two pitch (a
+// 128-float row is 512 bytes) the 32 channel rows a dot product walks fall into 8 of the 64
+// L1 sets and evict each other; an odd pitch spreads them over all sets.
+int64_t row_pitch_for(int64_t width, size_t element_size) {
+  const int64_t line = 64 / static_cast<int64_t>(element_size);
+  int64_t lines = (width + line - 1) / line;
+  if (lines % 2 == 0) ++lines;
+  return lines * line;
+}
+
+// An uninitialised (B, H, C, W) buffer with zeroed guards; the padding after each channel row
+// is zeroed by whoever fills the rows.
 RowMajor row_major_empty(at::IntArrayRef bchw, const at::TensorOptions& options, int64_t guard) {
-  const int64_t body = bchw[0] * bchw[1] * bchw[2] * bchw[3];
-  RowMajor r{at::empty({2 * guard + body}, options), guard, bchw[1], bchw[2], bchw[3]};
+  const int64_t pitch = row_pitch_for(bchw[3], options.dtype().itemsize());
+  const int64_t body = bchw[0] * bchw[1] * bchw[2] * pitch;
+  RowMajor r{at::empty({2 * guard + body}, options), guard, bchw[1], bchw[2], bchw[3], pitch};
   r.buffer.narrow(0, 0, guard).zero_();
   r.buffer.narrow(0, guard + body, guard).zero_();
   return r;
@@ -231,12 +257,15 @@ RowMajor row_major_copy(const at::Tensor& t, int64_t guard) {
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "local_correlation_row_major_copy", [&] {
     const scalar_t* from = src.const_data_ptr<scalar_t>();
     scalar_t* to = r.buffer.mutable_data_ptr<scalar_t>() + guard;
+    const int64_t pitch = r.pitch;
     at::parallel_for(0, batch * height, 16, [&](int64_t first, int64_t last) {
       for (int64_t bh = first; bh < last; ++bh) {
         const int64_t b = bh / height, h = bh % height;
         for (int64_t c = 0; c < channels; ++c) {
-          std::memcpy(to + (bh * channels + c) * width,
-                      from + ((b * channels + c) * height + h) * width, width * sizeof(scalar_t));
+          scalar_t* row = to + (bh * channels + c) * pitch;
+          std::memcpy(row, from + ((b * channels + c) * height + h) * width,
+                      width * sizeof(scalar_t));
+          std::fill(row + width, row + pitch, scalar_t(0));
         }
       }
     });
@@ -271,23 +300,23 @@ class Scratch {
 // acc[k][p] = Σ_c a[c·stride + p] · b[k][c·stride + p] for k < N, p in [0, padded_n): N dot
 // products that share the pixel's own row `a` (N window offsets at once, so each load of `a`
 // serves N multiply-adds). Eight accumulator vectors stay in registers across the channel loop.
-template <int N, typename T>
+template <int N, int64_t V = kVectorsPerBlock / N, typename T>
 inline void dot_rows(T* const (&acc)[N], const T* a, const T* const (&b)[N], int64_t channels,
-                     int64_t stride, int64_t padded_n) {
-  constexpr int64_t L = kLanes<T>, V = kVectorsPerBlock / N;
-  for (int64_t p0 = 0; p0 < padded_n; p0 += V * L) {
+                     int64_t stride, int64_t p_end, int64_t p_begin = 0, T scale = T(1)) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += V * L) {
     Vec<T> r[N][V] = {};
     for (int64_t c = 0, i = p0; c < channels; ++c, i += stride) {
 #pragma GCC unroll 8
       for (int64_t v = 0; v < V; ++v) {
         const Vec<T> av = load(a + i + v * L);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int k = 0; k < N; ++k) r[k][v] += av * load(b[k] + i + v * L);
       }
     }
     for (int k = 0; k < N; ++k) {
 #pragma GCC unroll 8
-      for (int64_t v = 0; v < V; ++v) store(acc[k] + p0 + v * L, r[k][v]);
+      for (int64_t v = 0; v < V; ++v) store(acc[k] + p0 + v * L, r[k][v] * scale);
     }
   }
 }
@@ -305,12 +334,26 @@ inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t s
 // of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset. Vectors
 // that straddle the edge of an offset's valid span (or the segment's end) take the valid lanes
 // one by one, so `src` is never read outside the image: it may be the caller's NCHW tensor.
-template <int N, typename T>
+template <int N, int64_t V, typename T>
 void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N],
-                     const int64_t* delta, const Segment& s) {
-  constexpr int64_t L = kLanes<T>, V = kVectorsPerBlock / N;
+                     const int64_t* delta, const Segment& s, const T* row_scale) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t n_off = static_cast<int64_t>(s.offsets.size());
   for (int64_t p0 = 0; p0 < s.padded_n; p0 += V * L) {
     Vec<T> r[N][V] = {};
+    if (s.inner_begin <= p0 && p0 + V * L <= s.inner_end) {  // every offset valid: no tests
+      const T* w = coef + p0;
+      const T* const s0 = src[0] + p0;
+      for (int64_t o = 0; o < n_off; ++o, w += kTileWidth) {
+        const int64_t i = delta[o];
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) {
+          const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 8
+          for (int k = 0; k < N; ++k) r[k][v] += wv * load(s0 + (src[k] - src[0]) + i + v * L);
+        }
+      }
+    } else {
     for (size_t o = 0; o < s.offsets.size(); ++o) {
       const Offset& off = s.offsets[o];
       const T* w = coef + o * kTileWidth + p0;
@@ -319,7 +362,7 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
 #pragma GCC unroll 8
         for (int64_t v = 0; v < V; ++v) {
           const Vec<T> wv = load(w + v * L);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
           for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
         }
         continue;
@@ -332,16 +375,23 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
         if (lo >= hi) continue;
         const Vec<T> wv = load(w + v * L);
         if (lo == 0 && hi == L) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
           for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
         } else {
           const auto inside = lane_mask<T>(lo, hi);
           const Vec<T> zero = {};
-#pragma GCC unroll 4
+#pragma GCC unroll 8
           for (int k = 0; k < N; ++k) {
             r[k][v] += inside ? wv * masked_load(src[k] + i + v * L, inside) : zero;
           }
         }
+      }
+    }
+    }
+    if (row_scale != nullptr) {
+      for (int k = 0; k < N; ++k) {
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) r[k][v] *= load(row_scale + p0 + v * L);
       }
     }
     const int64_t n = std::min(V * L, s.n - p0);
@@ -369,7 +419,7 @@ struct Source {
   // An operand copy (B, H, C, W).
   template <typename T>
   Source(const RowMajor& m, const Segment& s, const T*)
-      : row(m.at<T>(s.b, s.h, s.w0)), channels(m.channels), channel_stride(m.width) {
+      : row(m.at<T>(s.b, s.h, s.w0)), channels(m.channels), channel_stride(m.pitch) {
     for (const Offset& off : s.offsets) delta.push_back(m.delta(off));
   }
   // The caller's contiguous NCHW tensor.
@@ -382,67 +432,223 @@ struct Source {
   }
 };
 
-// gather_channels over every channel of src, two at a time.
+// gather_channels over every channel of src, four at a time; outputs multiplied by
+// row_scale[p] when it is given.
 template <typename T>
-void gather_rows(T* out, int64_t out_stride, const T* coef, const Source& src, const Segment& s) {
+void gather_rows(T* out, int64_t out_stride, const T* coef, const Source& src, const Segment& s,
+                 const T* row_scale = nullptr) {
+  constexpr int64_t V = 2;
   const T* row = static_cast<const T*>(src.row);
+  const int64_t* delta = src.delta.data();
+  auto group = [&](int64_t ch, auto size) {
+    constexpr int N = decltype(size)::value;
+    T* outs[N];
+    const T* rows[N];
+    for (int k = 0; k < N; ++k) {
+      outs[k] = out + (ch + k) * out_stride;
+      rows[k] = row + (ch + k) * src.channel_stride;
+    }
+    gather_channels<N, V>(outs, coef, rows, delta, s, row_scale);
+  };
   int64_t ch = 0;
-  for (; ch + 4 <= src.channels; ch += 4) {
-    T* const outs[4] = {out + ch * out_stride, out + (ch + 1) * out_stride,
-                        out + (ch + 2) * out_stride, out + (ch + 3) * out_stride};
-    const T* const rows[4] = {row + ch * src.channel_stride, row + (ch + 1) * src.channel_stride,
-                              row + (ch + 2) * src.channel_stride,
-                              row + (ch + 3) * src.channel_stride};
-    gather_channels<4>(outs, coef, rows, src.delta.data(), s);
+  for (; ch + kGatherChannels <= src.channels; ch += kGatherChannels) {
+    group(ch, std::integral_constant<int, kGatherChannels>{});
   }
-  for (; ch + 2 <= src.channels; ch += 2) {
-    T* const outs[2] = {out + ch * out_stride, out + (ch + 1) * out_stride};
-    const T* const rows[2] = {row + ch * src.channel_stride, row + (ch + 1) * src.channel_stride};
-    gather_channels<2>(outs, coef, rows, src.delta.data(), s);
-  }
-  if (ch < src.channels) {
-    T* const outs[1] = {out + ch * out_stride};
-    const T* const rows[1] = {row + ch * src.channel_stride};
-    gather_channels<1>(outs, coef, rows, src.delta.data(), s);
+  switch (src.channels - ch) {
+    case 5: group(ch, std::integral_constant<int, 5>{}); break;
+    case 4: group(ch, std::integral_constant<int, 4>{}); break;
+    case 3: group(ch, std::integral_constant<int, 3>{}); break;
+    case 2: group(ch, std::integral_constant<int, 2>{}); break;
+    case 1: group(ch, std::integral_constant<int, 1>{}); break;
+    default: break;
   }
 }
 
-// Softmax over the offsets at every segment position, in place on `weights` (one row of
-// kTileWidth per offset, logits on entry); writes the log-sum-exp for the n valid positions.
+// ---- forward ------------------------------------------------------------------------------
+//
+// The logits are symmetric: logit(i, i + δ) = <x_i, x_{i+δ}> = logit(i + δ, i). Only the
+// "forward" half of the window is computed, the offsets (a, b) with a > 0, or a = 0 and b >= 0
+// (25 of 49 for k = 7); the other half of a pixel's logits are the forward logits of pixels
+// in the rows above (or to the left), read back from a ring of the last radius·dilation + 1
+// rows' forward logits. A thread walks a range of rows of one image top to bottom, so every
+// logit is computed once, plus radius·dilation warm-up rows where a range starts.
+
+// The forward half of the window, and where to find each window offset's logit.
+struct HalfWindow {
+  struct Forward {
+    int64_t a, b;  // window offset in units of the dilation; a > 0 or (a == 0 and b >= 0)
+  };
+  std::vector<Forward> forward;
+  std::vector<int64_t> index;  // for offset (a, b) at (a + radius)·k + b + radius: its
+                               // mirror's (−a, −b) position in `forward` when a < 0 or
+                               // (a == 0 and b < 0), else its own
+
+  HalfWindow(int64_t radius) {
+    const int64_t k = 2 * radius + 1;
+    index.assign(k * k, -1);
+    for (int64_t a = 0; a <= radius; ++a) {
+      for (int64_t b = a == 0 ? 0 : -radius; b <= radius; ++b) {
+        index[(a + radius) * k + b + radius] = static_cast<int64_t>(forward.size());
+        index[(radius - a) * k + radius - b] = static_cast<int64_t>(forward.size());
+        forward.push_back({a, b});
+      }
+    }
+  }
+  static bool is_forward(int64_t a, int64_t b) { return a > 0 || (a == 0 && b >= 0); }
+};
+
+// Per-thread ring of forward logits: ring_rows rows of (forward offsets) × (margin + padded
+// width + margin). Margins let a backward offset read its mirror at x + b·dilation without a
+// test (those lanes are masked when out of the image).
 template <typename T>
-void softmax_segment(const Segment& s, T* weights, T* row_max, T* row_sum, T* lse) {
+struct LogitRing {
+  at::Tensor storage;  // a torch allocation, so the benchmark's memory accounting sees it
+  int64_t rows, offsets, margin, stride;
+
+  LogitRing(const Geometry& g, int64_t n_forward, const at::TensorOptions& options)
+      : rows(g.radius * g.dilation + 1),
+        offsets(n_forward),
+        margin((g.radius * g.dilation + 15) / 16 * 16),
+        stride(2 * margin + g.tiles * kTileWidth) {
+    storage = at::empty({rows * offsets * stride}, options);
+  }
+  // Logit of forward offset f at column x of image row h (x may be off the row by a margin).
+  T* at(int64_t h, int64_t f, int64_t x) {
+    return storage.mutable_data_ptr<T>() + ((h % rows) * offsets + f) * stride + margin + x;
+  }
+};
+
+// Per-thread copies of the pattern rows a thread's forward logits read: the rows h to
+// h + radius·dilation of one image, each laid out (C, pitch) with zeroed margins, in a ring.
+// Copying a row just before it is used keeps it in L1/L2 for the dot products, and the ring is
+// all the extra memory the forward needs for its operand.
+template <typename T>
+struct PatternRows {
+  at::Tensor storage;
+  const T* pattern;  // contiguous NCHW
+  int64_t channels, height, width, slots, margin, pitch, slot_size;
+  int64_t loaded_b = -1, loaded_until = -1;  // rows [loaded_until − slots + 1, loaded_until]
+
+  PatternRows(const Geometry& g, const at::Tensor& contiguous_pattern)
+      : pattern(contiguous_pattern.const_data_ptr<T>()),
+        channels(contiguous_pattern.size(1)),
+        height(g.height),
+        width(g.width),
+        slots(g.radius * g.dilation + 1),
+        margin((g.radius * g.dilation + 15) / 16 * 16) {
+    // Reads reach from x = −radius·dilation to the padded width + radius·dilation.
+    const int64_t padded_w = g.tiles * kTileWidth;
+    pitch = row_pitch_for(2 * margin + padded_w, sizeof(T));
+    slot_size = channels * pitch;
+    storage = at::zeros({slots * slot_size + pitch + margin}, contiguous_pattern.options());
+  }
+  // Channel 0 of image row h (which must be loaded).
+  const T* row(int64_t h) const {
+    return storage.const_data_ptr<T>() + (h % slots) * slot_size + margin;
+  }
+  // Makes rows up to min(h + slots − 1, height − 1) of image b available.
+  void advance(int64_t b, int64_t h) {
+    if (b != loaded_b) loaded_b = b, loaded_until = h - 1;
+    const int64_t until = std::min(h + slots - 1, height - 1);
+    for (int64_t r = std::max(loaded_until + 1, h); r <= until; ++r) {
+      T* to = storage.mutable_data_ptr<T>() + (r % slots) * slot_size + margin;
+      const T* from = pattern + (b * channels * height + r) * width;
+      for (int64_t c = 0; c < channels; ++c) {
+        std::memcpy(to + c * pitch, from + c * height * width, width * sizeof(T));
+      }
+    }
+    loaded_until = std::max(loaded_until, until);
+  }
+};
+
+// Forward logits of image row h of image b for every column (in blocks of two vectors,
+// kLogitOffsets offsets per pass over the pixel's features), scaled, into the ring. Offsets
+// whose neighbour row is outside the image are skipped: no pixel ever reads them.
+template <typename T>
+void forward_logits_row(const Geometry& g, PatternRows<T>& xs, const HalfWindow& half,
+                        LogitRing<T>& ring, T scale, int64_t b, int64_t h) {
+  constexpr int64_t V = 2, B = V * kLanes<T>;
+  xs.advance(b, h);
+  const T* xi = xs.row(h);
+  int64_t n_valid = 0;
+  while (n_valid < static_cast<int64_t>(half.forward.size()) &&
+         h + half.forward[n_valid].a * g.dilation < g.height) {
+    ++n_valid;  // `forward` is ordered by a
+  }
+  const int64_t padded_w = (g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+  auto group = [&](int64_t f, auto size) {
+    constexpr int N = decltype(size)::value;
+    T* l[N];
+    const T* nb[N];
+    for (int k = 0; k < N; ++k) {
+      const HalfWindow::Forward& off = half.forward[f + k];
+      l[k] = ring.at(h, f + k, 0);
+      nb[k] = xs.row(h + off.a * g.dilation) + off.b * g.dilation;
+    }
+    for (int64_t p0 = 0; p0 < padded_w; p0 += B) {
+      dot_rows<N, V>(l, xi, nb, xs.channels, xs.pitch, p0 + B, p0, scale);
+    }
+  };
+  int64_t f = 0;
+  for (; f + kLogitOffsets <= n_valid; f += kLogitOffsets) {
+    group(f, std::integral_constant<int, kLogitOffsets>{});
+  }
+  switch (n_valid - f) {
+    case 5: group(f, std::integral_constant<int, 5>{}); break;
+    case 4: group(f, std::integral_constant<int, 4>{}); break;
+    case 3: group(f, std::integral_constant<int, 3>{}); break;
+    case 2: group(f, std::integral_constant<int, 2>{}); break;
+    case 1: group(f, std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
+// Softmax over the offsets for the block [p0, p0 + V·L) of a segment, logits read from the
+// ring (`logit[o]` points at the segment start of offset o's logits), left unnormalised in
+// weights[o][p]: exp(logit − max). Writes 1 / Σ exp into inv_sum[p] (the gather applies it to
+// its outputs) and the log-sum-exp of the block's valid positions.
+template <int64_t V, typename T>
+void block_softmax(const Segment& seg, const T* const* logit, T* weights, int64_t p0, T* inv_sum,
+                   T* lse) {
   constexpr int64_t L = kLanes<T>;
   constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
-  for (size_t o = 0; o < s.offsets.size(); ++o) {  // out-of-image neighbours: no weight
-    const Offset& off = s.offsets[o];
-    if (!off.partial) continue;
-    T* l = weights + o * kTileWidth;
-    std::fill(l, l + off.begin, kMinusInf);
-    std::fill(l + off.end, l + s.padded_n, kMinusInf);
-  }
-  std::fill(row_max, row_max + s.padded_n, kMinusInf);
-  std::fill(row_sum, row_sum + s.padded_n, T(0));
-  for (size_t o = 0; o < s.offsets.size(); ++o) {
-    const T* l = weights + o * kTileWidth;
-    for (int64_t p = 0; p < s.padded_n; p += L) {
-      const Vec<T> v = load(l + p), m = load(row_max + p);
-      store(row_max + p, v > m ? v : m);
+  const Vec<T> minus_inf = Vec<T>{} + kMinusInf;
+  const size_t n_off = seg.offsets.size();
+  Vec<T> m[V], sum[V];
+  for (int64_t v = 0; v < V; ++v) m[v] = minus_inf, sum[v] = Vec<T>{};
+  for (size_t o = 0; o < n_off; ++o) {
+    const Offset& off = seg.offsets[o];
+    const T* l = logit[o] + p0;
+    T* w = weights + o * kTileWidth + p0;
+    if (!off.partial || (off.begin <= p0 && p0 + V * L <= off.end)) {
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec<T> x = load(l + v * L);
+        store(w + v * L, x);
+        m[v] = x > m[v] ? x : m[v];
+      }
+    } else {  // out-of-image neighbours: no weight
+      for (int64_t v = 0; v < V; ++v) {
+        const auto inside = lane_mask<T>(off.begin - p0 - v * L, off.end - p0 - v * L);
+        const Vec<T> x = inside ? load(l + v * L) : minus_inf;
+        store(w + v * L, x);
+        m[v] = x > m[v] ? x : m[v];
+      }
     }
   }
-  for (size_t o = 0; o < s.offsets.size(); ++o) {
-    T* l = weights + o * kTileWidth;
-    for (int64_t p = 0; p < s.padded_n; p += L) {
-      const Vec<T> e = exp_vec(load(l + p) - load(row_max + p));
-      store(l + p, e);
-      store(row_sum + p, load(row_sum + p) + e);
+  for (size_t o = 0; o < n_off; ++o) {
+    T* w = weights + o * kTileWidth + p0;
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < V; ++v) {
+      const Vec<T> e = exp_vec(load(w + v * L) - m[v]);
+      store(w + v * L, e);
+      sum[v] += e;
     }
   }
-  for (int64_t p = 0; p < s.n; ++p) lse[p] = row_max[p] + std::log(row_sum[p]);
-  for (int64_t p = 0; p < s.padded_n; ++p) row_sum[p] = T(1) / row_sum[p];
-  for (size_t o = 0; o < s.offsets.size(); ++o) {
-    T* l = weights + o * kTileWidth;
-    for (int64_t p = 0; p < s.padded_n; p += L) store(l + p, load(l + p) * load(row_sum + p));
-  }
+  for (int64_t v = 0; v < V; ++v) store(inv_sum + p0 + v * L, T(1) / sum[v]);
+  // Every valid position has its own pixel in the window: a finite max and a sum >= 1.
+  const int64_t n = std::min(V * L, seg.n - p0);
+  for (int64_t t = 0; t < n; ++t) lse[p0 + t] = m[t / L][t % L] + std::log(sum[t / L][t % L]);
 }
 
 template <typename T>
@@ -451,48 +657,51 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
   const Geometry g(content, kernel_size, dilation);
   const int64_t plane = g.height * g.width;
   const int64_t kk = kernel_size * kernel_size;
-  const RowMajor xs = row_major_copy(pattern, guard_for(g));
+  const HalfWindow half(g.radius);
+  const at::Tensor ps = pattern.contiguous();
   const at::Tensor cs = content.contiguous();  // the gather reads one channel at a time
   const int64_t cc = cs.size(1);
   T* y = out.mutable_data_ptr<T>();
   T* lse_ptr = lse.mutable_data_ptr<T>();
   const T s = static_cast<T>(scale);
+  const int64_t reach = g.radius * g.dilation;
+  // Ranges of at least a few ring lengths, so that warm-up rows stay a small part.
+  const int64_t grain = std::max<int64_t>(1, 4 * reach);
 
-  at::parallel_for(0, g.items(), 1, [&](int64_t first, int64_t last) {
-    Scratch<T> weights(kk * kTileWidth), row_max(kTileWidth), row_sum(kTileWidth);
+  at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
+    LogitRing<T> ring(g, static_cast<int64_t>(half.forward.size()), pattern.options());
+    PatternRows<T> xs(g, ps);
+    Scratch<T> weights(kk * kTileWidth), inv_sum(kTileWidth);
+    std::vector<const T*> logit(kk);
     Segment seg;
-    for (int64_t item = first; item < last; ++item) {
-      g.segment<T>(item, seg);
-      const int64_t hw = seg.h * g.width + seg.w0;  // NCHW index of the segment start
-      const T* xi = xs.at<T>(seg.b, seg.h, seg.w0);
-      const size_t n_off = seg.offsets.size();
-      size_t o = 0;
-      for (; o + 4 <= n_off; o += 4) {  // four offsets per pass over the pixel's features
-        T* const l[4] = {weights.data() + o * kTileWidth, weights.data() + (o + 1) * kTileWidth,
-                         weights.data() + (o + 2) * kTileWidth,
-                         weights.data() + (o + 3) * kTileWidth};
-        const T* const nb[4] = {
-            xi + xs.delta(seg.offsets[o]), xi + xs.delta(seg.offsets[o + 1]),
-            xi + xs.delta(seg.offsets[o + 2]), xi + xs.delta(seg.offsets[o + 3])};
-        dot_rows<4>(l, xi, nb, xs.channels, g.width, seg.padded_n);
+    int64_t computed_b = -1, computed_h = -1;  // last row whose forward logits are in the ring
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t b = row / g.height, h = row % g.height;
+      if (b != computed_b) computed_h = std::max<int64_t>(h - reach, 0) - 1;  // warm up
+      for (int64_t hh = computed_h + 1; hh <= h; ++hh) {
+        forward_logits_row(g, xs, half, ring, s, b, hh);
       }
-      for (; o + 2 <= n_off; o += 2) {  // two offsets per pass over the pixel's features
-        T* const l[2] = {weights.data() + o * kTileWidth, weights.data() + (o + 1) * kTileWidth};
-        const T* const nb[2] = {xi + xs.delta(seg.offsets[o]), xi + xs.delta(seg.offsets[o + 1])};
-        dot_rows<2>(l, xi, nb, xs.channels, g.width, seg.padded_n);
+      computed_b = b;
+      computed_h = h;
+      for (int64_t tile = 0; tile < g.tiles; ++tile) {
+        g.segment<T>((b * g.height + h) * g.tiles + tile, seg);
+        for (size_t o = 0; o < seg.offsets.size(); ++o) {
+          const Offset& off = seg.offsets[o];
+          const int64_t a = off.rows / g.dilation, bo = off.cols / g.dilation;
+          const int64_t f = half.index[(a + g.radius) * kernel_size + bo + g.radius];
+          logit[o] = HalfWindow::is_forward(a, bo) ? ring.at(h, f, seg.w0)
+                                                   : ring.at(h + off.rows, f, seg.w0 + off.cols);
+        }
+        const int64_t hw = h * g.width + seg.w0;  // NCHW index of the segment start
+        constexpr int64_t V = 2, B = V * kLanes<T>;
+        for (int64_t p0 = 0; p0 < seg.padded_n; p0 += B) {
+          block_softmax<V>(seg, logit.data(), weights.data(), p0, inv_sum.data(),
+                           lse_ptr + b * plane + hw);
+        }
+        gather_rows(y + b * cc * plane + hw, plane, weights.data(),
+                    Source(cs.const_data_ptr<T>(), cc, g.height, g.width, seg), seg,
+                    static_cast<const T*>(inv_sum.data()));
       }
-      if (o < n_off) {
-        dot_rows(weights.data() + o * kTileWidth, xi, xi + xs.delta(seg.offsets[o]), xs.channels,
-                 g.width, seg.padded_n);
-      }
-      for (o = 0; o < n_off; ++o) {
-        T* l = weights.data() + o * kTileWidth;
-        for (int64_t p = 0; p < seg.padded_n; p += kLanes<T>) store(l + p, load(l + p) * s);
-      }
-      softmax_segment(seg, weights.data(), row_max.data(), row_sum.data(),
-                      lse_ptr + seg.b * plane + hw);
-      gather_rows(y + seg.b * cc * plane + hw, plane, weights.data(),
-                  Source(cs.const_data_ptr<T>(), cc, g.height, g.width, seg), seg);
     }
   });
 }
@@ -517,9 +726,11 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
     std::vector<T> d((g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>);
     for (int64_t row = first; row < last; ++row) {
       const int64_t b = row / g.height, h = row % g.height;
-      dot_rows(d.data(), dys.at<T>(b, h, 0), ys.at<T>(b, h, 0), cc, g.width,
+      dot_rows(d.data(), dys.at<T>(b, h, 0), ys.at<T>(b, h, 0), cc, dys.pitch,
                static_cast<int64_t>(d.size()));
-      std::copy(d.begin(), d.begin() + g.width, ds.mutable_at<T>(b, h, 0));
+      T* d_row = ds.mutable_at<T>(b, h, 0);
+      std::copy(d.begin(), d.begin() + g.width, d_row);
+      std::fill(d_row + g.width, d_row + ds.pitch, T(0));
     }
   });
   T* dx = grad_pattern.mutable_data_ptr<T>();
@@ -558,9 +769,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
           cj[k] = ci + cs.delta(seg.offsets[o + k]);
           dyj[k] = dyi + dys.delta(seg.offsets[o + k]);
         }
-        dot_rows<G>(lg, xi, xj, cp, g.width, seg.padded_n);
-        dot_rows<G>(qj, dyi, cj, cc, g.width, seg.padded_n);
-        dot_rows<G>(qi, ci, dyj, cc, g.width, seg.padded_n);
+        dot_rows<G>(lg, xi, xj, cp, xs.pitch, seg.padded_n);
+        dot_rows<G>(qj, dyi, cj, cc, dys.pitch, seg.padded_n);
+        dot_rows<G>(qi, ci, dyj, cc, cs.pitch, seg.padded_n);
       };
       const size_t n_off = seg.offsets.size();
       for (size_t o = 0; o < n_off; ++o) {

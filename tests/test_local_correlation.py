@@ -278,6 +278,20 @@ def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("content_channels", [1, 3, 4, 6, 8, 9, 12, 17, 33, 40])
+def test_both_cpu_gathers_match_the_reference(content_channels, dtype):
+    # The CPU forward gathers channels-last when the channels fill its vectors (8 float32 or
+    # 4 float64 lanes, at most a third of padding), pixel rows otherwise; this grid crosses
+    # the rule both ways, with dilation (pairs of positions `dilation` apart) and odd widths.
+    x, c = make_inputs(2, 5, content_channels, 11, 29, dtype=dtype, seed=content_channels)
+    for k, d in ((5, 1), (3, 2), (7, 3)):
+        y, lse = OPS.local_correlation_forward(x, c, k, d, 0.7)
+        y_ref, lse_ref = reference.local_correlation_with_lse(x.double(), c.double(), k, d, 0.7)
+        assert_close(y, y_ref, dtype, f"out k={k} d={d}")
+        assert_close(lse, lse_ref, dtype, f"lse k={k} d={d}")
+
+
 @pytest.mark.parametrize(("k", "d"), [(7, 1), (5, 2), (3, 3)])
 def test_forward_is_independent_of_how_rows_are_split_between_threads(k, d):
     # The CPU forward reuses logits of the rows above (logit(i, j) = logit(j, i)); a thread

@@ -165,6 +165,38 @@ inline Vec<double> exp_vec(Vec<double> x) {  // float64 is for checking, not spe
   return x;
 }
 
+// log on whole vectors, for x >= 1 (a softmax denominator; other lanes give garbage).
+// x = 2^e·m with m in [√½, √2), then Cephes' logf polynomial in m − 1: ~1 ulp.
+inline Vec<float> log_vec(Vec<float> x) {
+  typedef int32_t IVec __attribute__((vector_size(32)));
+  IVec bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  IVec e = ((bits >> 23) & 0xff) - 127;
+  const IVec mbits = (bits & 0x7fffff) | 0x3f800000;  // mantissa in [1, 2)
+  Vec<float> m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const auto big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const Vec<float> ef = __builtin_convertvector(e, Vec<float>);
+  const Vec<float> f = m - 1.0f, z = f * f;
+  Vec<float> y = f * 7.0376836292e-2f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += ef * -2.12194440e-4f - 0.5f * z;
+  return f + y + ef * 0.693359375f;
+}
+inline Vec<double> log_vec(Vec<double> x) {
+  for (int64_t t = 0; t < kLanes<double>; ++t) x[t] = std::log(x[t]);
+  return x;
+}
+
 // ---- geometry ---------------------------------------------------------------------------
 
 // One window offset that is at least partly inside the image for the current row segment.
@@ -644,41 +676,47 @@ void block_softmax(const Segment& seg, const T* const* logit, T* const* weight_r
   constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
   const Vec<T> minus_inf = Vec<T>{} + kMinusInf;
   const size_t n_off = seg.offsets.size();
+  // Masks of the offsets that are partly outside the image on this block.
+  auto masked = [&](const Offset& off) {
+    return off.partial && !(off.begin <= p0 && p0 + V * L <= off.end);
+  };
+  auto logit_at = [&](const Offset& off, const T* l, int64_t v) {
+    const Vec<T> x = load(l + v * L);
+    if (!masked(off)) return x;
+    const auto inside = lane_mask<T>(off.begin - p0 - v * L, off.end - p0 - v * L);
+    return inside ? x : minus_inf;  // out-of-image neighbours: no weight
+  };
   Vec<T> m[V], sum[V];
   for (int64_t v = 0; v < V; ++v) m[v] = minus_inf, sum[v] = Vec<T>{};
   for (size_t o = 0; o < n_off; ++o) {
-    const Offset& off = seg.offsets[o];
     const T* l = logit[o] + p0;
-    T* w = weight_row[o] + p0;
-    if (!off.partial || (off.begin <= p0 && p0 + V * L <= off.end)) {
 #pragma GCC unroll 8
-      for (int64_t v = 0; v < V; ++v) {
-        const Vec<T> x = load(l + v * L);
-        store(w + v * L, x);
-        m[v] = x > m[v] ? x : m[v];
-      }
-    } else {  // out-of-image neighbours: no weight
-      for (int64_t v = 0; v < V; ++v) {
-        const auto inside = lane_mask<T>(off.begin - p0 - v * L, off.end - p0 - v * L);
-        const Vec<T> x = inside ? load(l + v * L) : minus_inf;
-        store(w + v * L, x);
-        m[v] = x > m[v] ? x : m[v];
-      }
+    for (int64_t v = 0; v < V; ++v) {
+      const Vec<T> x = logit_at(seg.offsets[o], l, v);
+      m[v] = x > m[v] ? x : m[v];
     }
   }
   for (size_t o = 0; o < n_off; ++o) {
+    const T* l = logit[o] + p0;
     T* w = weight_row[o] + p0;
 #pragma GCC unroll 8
     for (int64_t v = 0; v < V; ++v) {
-      const Vec<T> e = exp_vec(load(w + v * L) - m[v]);
+      const Vec<T> e = exp_vec(logit_at(seg.offsets[o], l, v) - m[v]);
       store(w + v * L, e);
       sum[v] += e;
     }
   }
-  for (int64_t v = 0; v < V; ++v) store(inv_sum + p0 + v * L, T(1) / sum[v]);
   // Every valid position has its own pixel in the window: a finite max and a sum >= 1.
   const int64_t n = std::min(V * L, seg.n - p0);
-  for (int64_t t = 0; t < n; ++t) lse[p0 + t] = m[t / L][t % L] + std::log(sum[t / L][t % L]);
+  for (int64_t v = 0; v < V; ++v) {
+    store(inv_sum + p0 + v * L, T(1) / sum[v]);
+    const Vec<T> l = m[v] + log_vec(sum[v]);
+    if ((v + 1) * L <= n) {
+      store(lse + p0 + v * L, l);
+    } else {
+      for (int64_t t = v * L; t < n; ++t) lse[p0 + t] = l[t - v * L];
+    }
+  }
 }
 
 // ---- channels-last gather (forward) -------------------------------------------------------

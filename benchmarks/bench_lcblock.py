@@ -19,7 +19,10 @@ flex_attention backward on CPU, a dtype without kernels, out of memory) gets "n/
 the reason in a footnote; one that would be too slow or too big is skipped with a note.
 
 Timing: CPU -- ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks, after
-warm-up); CUDA -- CUDA events around each call after warm-up, median. Memory: CUDA --
+warm-up); CUDA -- CUDA events around each call after warm-up, median. The implementations of a
+shape are timed in ``--rounds`` interleaved rounds (default 3 on CPU, 1 on CUDA), each round in
+another order, and the reported time is the median of the rounds: a shared machine whose speed
+drifts over seconds then biases no implementation against another. Memory: CUDA --
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated
 before; CPU -- the allocation and free events of ``torch.profiler`` (``profile_memory=True``)
 summed in time order, whose running maximum is the peak.
@@ -87,9 +90,11 @@ SCALE = 1.0  # the paper's eq. 3
 MIB = 2**20
 MS_PER_S = 1e3
 WARMUP_MIN_S = 0.5  # seconds of warm-up calls, at least
+LATER_ROUND_WARMUP_S = 0.1  # the process is warm by then; a few calls re-fill the caches
 WARMUP_CALLS = 2  # first calls compile (flex), fill caches and allocate
 DEFAULT_MIN_RUN_TIME_S = 1.0
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}  # minimum number of timed samples
+DEFAULT_ROUNDS = {"cpu": 3, "cuda": 1}  # interleaved timing rounds per shape
 QUICK_MIN_RUN_TIME_S = 0.05
 QUICK_REPEATS = 1
 MAX_CUDA_EVENT_REPEATS = 1000
@@ -205,6 +210,8 @@ class Row:
     speedup_fwd_bwd_vs_shifted: float | None = None
     memory_vs_unfold: float | None = None
     max_abs_diff_vs_unfold: float | None = None
+    fwd_ms_rounds: list[float] = field(default_factory=list)
+    fwd_bwd_ms_rounds: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -274,14 +281,18 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_ms(
-    step: Callable[[], object], device: torch.device, min_run_time: float, repeats: int
+    step: Callable[[], object],
+    device: torch.device,
+    min_run_time: float,
+    repeats: int,
+    warmup_s: float = WARMUP_MIN_S,
 ) -> float:
     """Median milliseconds of ``step()`` after warm-up (see the module docstring)."""
     # Warm up for a number of calls and a minimum time: the first measurement of a process was
     # seen 2-3x slow after a few calls only (thread pools and allocator still settling).
     warm_start = time.perf_counter()
     calls = 0
-    while calls < WARMUP_CALLS or time.perf_counter() - warm_start < WARMUP_MIN_S:
+    while calls < WARMUP_CALLS or time.perf_counter() - warm_start < warmup_s:
         step()
         _synchronize(device)
         calls += 1
@@ -375,8 +386,11 @@ def measure(
     device: torch.device,
     min_run_time: float,
     repeats: int,
-) -> None:
-    """Fill ``row``'s times and peaks; a failing measurement becomes n/a with a note."""
+) -> dict[str, Callable[[], object]]:
+    """Fill ``row``'s times and peaks; a failing measurement becomes n/a with a note.
+
+    Returns the steps that ran, by the name of their time field, for the later rounds.
+    """
     pattern, content, grad_out = inputs
 
     def forward() -> torch.Tensor:
@@ -393,6 +407,7 @@ def measure(
     no_backward = backward_unavailable(impl, device, pattern.dtype)
     if no_backward is not None:
         row.notes.append(no_backward)
+    steps: dict[str, Callable[[], object]] = {}
     for name, step, time_field, peak_field in (
         ("forward", forward, "fwd_ms", "peak_fwd_mib"),
         ("forward+backward", forward_backward, "fwd_bwd_ms", "peak_fwd_bwd_mib"),
@@ -400,8 +415,12 @@ def measure(
         if step is forward_backward and no_backward is not None:
             continue
         try:
-            setattr(row, time_field, time_ms(step, device, min_run_time, repeats))
+            getattr(row, f"{time_field}_rounds").append(
+                time_ms(step, device, min_run_time, repeats)
+            )
+            setattr(row, time_field, getattr(row, f"{time_field}_rounds")[0])
             setattr(row, peak_field, peak_mib(step, device))
+            steps[time_field] = step
         except Exception as exc:  # noqa: BLE001
             # Deliberately broad: one measurement of one implementation failing (no kernel for
             # this dtype or device, an Inductor compile error, out of memory) must not end the
@@ -416,6 +435,7 @@ def measure(
             LOG.debug("%s %s on %s failed", impl, name, row.shape, exc_info=True)
     if row.fwd_ms is None and row.fwd_bwd_ms is None:
         row.status = "n/a"
+    return steps
 
 
 def run_shape(
@@ -426,11 +446,13 @@ def run_shape(
     min_run_time: float,
     repeats: int,
     check_outputs: bool,
+    rounds: int = 1,
 ) -> list[Row]:
     """Benchmark every implementation on one shape; fill the relative columns."""
     inputs = make_inputs(shape, device, dtype)
     rows: dict[str, Row] = {}
     outputs: dict[str, torch.Tensor] = {}
+    steps: dict[str, dict[str, Callable[[], object]]] = {}
     for impl in impls:
         row = Row(shape.label, *asdict(shape).values(), impl=impl)
         rows[impl] = row
@@ -444,11 +466,30 @@ def run_shape(
             row.status, row.notes = "n/a", [str(exc)]
             continue
         LOG.info("%s %s ...", shape.label, impl)
-        measure(impl, fn, row, inputs, device, min_run_time, repeats)
+        steps[impl] = measure(impl, fn, row, inputs, device, min_run_time, repeats)
         if check_outputs and row.fwd_ms is not None:
             with torch.no_grad():
                 outputs[impl] = fn(inputs[0], inputs[1]).float()
         gc.collect()
+    # Later rounds, each starting with another implementation; a step that fails now (it ran
+    # once) keeps the rounds it has.
+    order = list(steps)
+    for round_index in range(1, rounds):
+        shift = round_index % max(len(order), 1)
+        for impl in order[shift:] + order[:shift]:
+            for time_field, step in steps[impl].items():
+                try:
+                    sample = time_ms(step, device, min_run_time, repeats, LATER_ROUND_WARMUP_S)
+                except Exception:  # noqa: BLE001 -- see measure()
+                    LOG.debug("%s %s round %d failed", impl, time_field, round_index, exc_info=True)
+                    continue
+                getattr(rows[impl], f"{time_field}_rounds").append(sample)
+            gc.collect()
+    for row in rows.values():
+        if row.fwd_ms_rounds:
+            row.fwd_ms = statistics.median(row.fwd_ms_rounds)
+        if row.fwd_bwd_ms_rounds:
+            row.fwd_bwd_ms = statistics.median(row.fwd_bwd_ms_rounds)
     _fill_relative(rows)
     if check_outputs:
         _fill_differences(rows, outputs, shape, inputs)
@@ -502,7 +543,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+def environment(device: torch.device, dtype: torch.dtype, rounds: int = 1) -> dict[str, object]:
     """What a reader needs to compare two runs."""
     error = lcblock_cuda.extension_error()
     return {
@@ -520,6 +561,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
         "fused_error": None if error is None else str(error),
         "scale": SCALE,
         "timing_method": TIMING_METHOD[device.type],
+        "rounds": rounds,
         "memory_method": MEMORY_METHOD[device.type],
     }
 
@@ -538,8 +580,8 @@ def format_report(env: dict[str, object], rows: Sequence[Row]) -> str:
         f"{env['threads']} torch threads",
         f"- dtype: {env['dtype']}, scale {env['scale']}, date {env['date']}",
         f"- fused kernels: {'loaded' if env['fused_available'] else 'NOT AVAILABLE'}",
-        f"- time: {env['timing_method']}; fwd runs under torch.no_grad, fwd+bwd computes "
-        "the gradients of pattern and content",
+        f"- time: {env['timing_method']}; median of {env['rounds']} interleaved round(s); "
+        "fwd runs under torch.no_grad, fwd+bwd computes the gradients of pattern and content",
         f"- peak: memory added by one step ({env['memory_method']})",
         "",
         "| shape | impl | fwd ms | fwd+bwd ms | peak MiB (fwd) | peak MiB (fwd+bwd) "
@@ -629,6 +671,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f", --quick {QUICK_MIN_RUN_TIME_S})",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing rounds per shape, median reported (default cpu 3, cuda 1; "
+        "--quick 1)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write rows + environment")
@@ -642,6 +691,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.impl = list(dict.fromkeys(impls))
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.min_run_time is not None and args.min_run_time <= 0:
@@ -670,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     min_run_time = args.min_run_time or (
         QUICK_MIN_RUN_TIME_S if args.quick else DEFAULT_MIN_RUN_TIME_S
     )
+    rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS[device.type])
 
     if "fused" in args.impl and lcblock_cuda.extension_error() is not None:
         LOG.warning(
@@ -688,9 +740,16 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     run_shape(shapes[0], args.impl[:1], device, dtype, min_run_time, 1, check_outputs=False)
     for index, shape in enumerate(shapes):
         rows += run_shape(
-            shape, args.impl, device, dtype, min_run_time, repeats, check_outputs=index == 0
+            shape,
+            args.impl,
+            device,
+            dtype,
+            min_run_time,
+            repeats,
+            check_outputs=index == 0,
+            rounds=rounds,
         )
-    env = environment(device, dtype)
+    env = environment(device, dtype, rounds)
     print(format_report(env, rows))
     if args.json is not None:
         payload = {"environment": env, "rows": [asdict(row) for row in rows]}

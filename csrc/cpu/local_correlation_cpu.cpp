@@ -165,6 +165,35 @@ inline Vec<double> exp_vec(Vec<double> x) {  // float64 is for checking, not spe
   return x;
 }
 
+// exp for x <= 0, as in a softmax after subtracting the max: exp_vec without the upper clamp
+// and without the exact zero below kExpMin (x < kExpMin gives exp(kExpMin) ≈ 1.2e-38, a
+// weight no float sum can see); callers zero masked lanes themselves.
+inline Vec<float> exp_nonpositive(Vec<float> x) {
+  constexpr float kExpMin = -87.3f, kRound = 12582912.0f;
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  typedef int32_t IVec __attribute__((vector_size(32)));
+#if defined(__AVX2__)
+  x = reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(x),
+                                                 _mm256_set1_ps(kExpMin)));
+#else
+  x = x < kExpMin ? kExpMin : x;
+#endif
+  const Vec<float> n = (x * kLog2e + kRound) - kRound;
+  const Vec<float> r = (x - n * kLn2Hi) - n * kLn2Lo;
+  Vec<float> p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const IVec bits = (__builtin_convertvector(n, IVec) + 127) << 23;
+  Vec<float> two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return p * two_n;
+}
+inline Vec<double> exp_nonpositive(Vec<double> x) { return exp_vec(x); }
+
 // log on whole vectors, for x >= 1 (a softmax denominator; other lanes give garbage).
 // x = 2^e·m with m in [√½, √2), then Cephes' logf polynomial in m − 1: ~1 ulp.
 inline Vec<float> log_vec(Vec<float> x) {
@@ -697,13 +726,24 @@ void block_softmax(const Segment& seg, const T* const* logit, T* const* weight_r
     }
   }
   for (size_t o = 0; o < n_off; ++o) {
+    const Offset& off = seg.offsets[o];
     const T* l = logit[o] + p0;
     T* w = weight_row[o] + p0;
+    if (!masked(off)) {
 #pragma GCC unroll 8
-    for (int64_t v = 0; v < V; ++v) {
-      const Vec<T> e = exp_vec(logit_at(seg.offsets[o], l, v) - m[v]);
-      store(w + v * L, e);
-      sum[v] += e;
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec<T> e = exp_nonpositive(load(l + v * L) - m[v]);
+        store(w + v * L, e);
+        sum[v] += e;
+      }
+    } else {
+      for (int64_t v = 0; v < V; ++v) {
+        const auto inside = lane_mask<T>(off.begin - p0 - v * L, off.end - p0 - v * L);
+        const Vec<T> zero = {};
+        const Vec<T> e = inside ? exp_nonpositive(load(l + v * L) - m[v]) : zero;
+        store(w + v * L, e);
+        sum[v] += e;
+      }
     }
   }
   // Every valid position has its own pixel in the window: a finite max and a sum >= 1.

@@ -260,3 +260,40 @@ def test_quick_benchmark_writes_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     unfold, shifted = rows
     # The point of the shifted baseline: no unfolded tensors, so less memory than unfold.
     assert shifted["peak_fwd_bwd_mib"] < unfold["peak_fwd_bwd_mib"]
+
+
+def test_rounds_are_interleaved_and_their_median_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each later round starts with another implementation, and the reported time is the
+    # median of an implementation's rounds.
+    calls: list[str] = []
+    samples = iter(range(1, 100))
+
+    def fake_time_ms(step, device, min_run_time, repeats, warmup_s=0.0):  # noqa: ANN001, ANN202
+        calls.append(step.__qualname__)
+        return float(next(samples))
+
+    monkeypatch.setattr(bench_lcblock, "time_ms", fake_time_ms)
+    rows = bench_lcblock.run_shape(
+        bench_lcblock.Shape(1, 2, 2, 8, 8, 3),
+        ["unfold", "shifted"],
+        torch.device("cpu"),
+        torch.float32,
+        min_run_time=0.01,
+        repeats=1,
+        check_outputs=False,
+        rounds=3,
+    )
+    unfold, shifted = rows
+    # Round 1: unfold fwd 1, fwd+bwd 2; shifted 3, 4. Round 2 starts with shifted: 5, 6, then
+    # unfold 7, 8. Round 3 starts with unfold again: 9, 10; shifted 11, 12.
+    assert unfold.fwd_ms_rounds == [1.0, 7.0, 9.0] and unfold.fwd_ms == 7.0
+    assert unfold.fwd_bwd_ms_rounds == [2.0, 8.0, 10.0] and unfold.fwd_bwd_ms == 8.0
+    assert shifted.fwd_ms_rounds == [3.0, 5.0, 11.0] and shifted.fwd_ms == 5.0
+    assert shifted.fwd_bwd_ms_rounds == [4.0, 6.0, 12.0] and shifted.fwd_bwd_ms == 6.0
+    assert unfold.speedup_fwd_vs_shifted == pytest.approx(5.0 / 7.0)
+    assert len(calls) == 12
+
+
+def test_rounds_must_be_positive() -> None:
+    with pytest.raises(SystemExit):
+        bench_lcblock.main(["--quick", "--rounds", "0"])

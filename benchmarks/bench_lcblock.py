@@ -22,7 +22,8 @@ Timing: CPU -- ``torch.utils.benchmark.Timer.blocked_autorange`` (median over bl
 warm-up); CUDA -- CUDA events around each call after warm-up, median. The implementations of a
 shape are timed in ``--rounds`` interleaved rounds (default 3 on CPU, 1 on CUDA), each round in
 another order, and the reported time is the median of the rounds: a shared machine whose speed
-drifts over seconds then biases no implementation against another. Memory: CUDA --
+drifts over seconds then biases no implementation against another. Steps slower than 250 ms
+(unfold, flex on CPU) are timed in the first round only. Memory: CUDA --
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated
 before; CPU -- the allocation and free events of ``torch.profiler`` (``profile_memory=True``)
 summed in time order, whose running maximum is the peak.
@@ -91,6 +92,7 @@ MIB = 2**20
 MS_PER_S = 1e3
 WARMUP_MIN_S = 0.5  # seconds of warm-up calls, at least
 LATER_ROUND_WARMUP_S = 0.1  # the process is warm by then; a few calls re-fill the caches
+LATER_ROUND_MAX_MS = 250.0  # slower steps are timed in the first round only
 WARMUP_CALLS = 2  # first calls compile (flex), fill caches and allocate
 DEFAULT_MIN_RUN_TIME_S = 1.0
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}  # minimum number of timed samples
@@ -472,12 +474,15 @@ def run_shape(
                 outputs[impl] = fn(inputs[0], inputs[1]).float()
         gc.collect()
     # Later rounds, each starting with another implementation; a step that fails now (it ran
-    # once) keeps the rounds it has.
+    # once) keeps the rounds it has. Steps slower than LATER_ROUND_MAX_MS are timed once: they
+    # are far from the others, and re-timing them would triple the benchmark's run time.
     order = list(steps)
     for round_index in range(1, rounds):
         shift = round_index % max(len(order), 1)
         for impl in order[shift:] + order[:shift]:
             for time_field, step in steps[impl].items():
+                if getattr(rows[impl], f"{time_field}_rounds")[0] > LATER_ROUND_MAX_MS:
+                    continue
                 try:
                     sample = time_ms(step, device, min_run_time, repeats, LATER_ROUND_WARMUP_S)
                 except Exception:  # noqa: BLE001 -- see measure()

@@ -297,3 +297,27 @@ def test_rounds_are_interleaved_and_their_median_reported(monkeypatch: pytest.Mo
 def test_rounds_must_be_positive() -> None:
     with pytest.raises(SystemExit):
         bench_lcblock.main(["--quick", "--rounds", "0"])
+
+
+def test_slow_steps_are_timed_in_the_first_round_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = iter(range(100))
+
+    def fake_time_ms(step, device, min_run_time, repeats, warmup_s=0.0):  # noqa: ANN001, ANN202
+        return 1000.0 if next(calls) < 2 else 2.0  # round 1 times unfold first: slow
+
+    monkeypatch.setattr(bench_lcblock, "time_ms", fake_time_ms)
+    monkeypatch.setattr(bench_lcblock, "LATER_ROUND_MAX_MS", 500.0)
+    seen: dict[str, list[float]] = {}
+    rows = bench_lcblock.run_shape(
+        bench_lcblock.Shape(1, 2, 2, 8, 8, 3),
+        ["unfold", "shifted"],
+        torch.device("cpu"),
+        torch.float32,
+        min_run_time=0.01,
+        repeats=1,
+        check_outputs=False,
+        rounds=3,
+    )
+    for row in rows:
+        seen[row.impl] = row.fwd_ms_rounds
+    assert seen == {"unfold": [1000.0], "shifted": [2.0, 2.0, 2.0]}

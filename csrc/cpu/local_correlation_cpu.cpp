@@ -1,12 +1,16 @@
 // CPU kernels of the local correlation op.
 //
 // Two paths:
-//  * the default, row-vectorised kernels below. A work item is a segment of one image row
-//    (up to kTileWidth pixels). For each in-image window offset, the segment's logits are
-//    computed channel by channel, a vector of pixels at a time, with accumulators held in
-//    registers; the segment's k² × kTileWidth weights stay in L1/L2 and nothing k²-sized is
-//    ever stored. Work items are independent and every gradient is a gather (DESIGN.md §1),
-//    so results do not depend on the thread count or schedule: bitwise reproducible.
+//  * the default, row-vectorised kernels below, working on segments of one image row (up to
+//    kTileWidth pixels) whose k² × kTileWidth weights stay in L1/L2; nothing k²-sized is ever
+//    stored for the whole map.
+//    - Forward (see "forward" below): each thread walks a range of image rows; logits are
+//      computed once per pixel pair (the symmetric half window, a ring of row logits), then a
+//      softmax and a gather, channels-last when the channels fill the vectors.
+//    - Backward: work items are independent segments; three dot products per window offset,
+//      then two gathers (every gradient is a gather, DESIGN.md §1).
+//    No atomics and no thread-dependent reduction order: results are bitwise the same for any
+//    thread count or schedule.
 //  * the "_pixelwise" ops: the per-pixel functions of local_correlation_math.h, i.e. exactly
 //    the code the CUDA kernels run, looped over pixels. They are slow and exist for tests.
 #include <ATen/ATen.h>
@@ -291,7 +295,8 @@ struct Geometry {
 
 // ---- operand copies ---------------------------------------------------------------------
 
-// Operands are read from copies laid out (B, H, C, W): the C channel rows of an image row are
+// The backward reads its operands from copies laid out (B, H, C, W) (the forward copies only
+// the rows it needs, see PatternRows and ContentRows): the C channel rows of an image row are
 // contiguous. In NCHW the rows a dot product walks lie H·W elements apart, which for 128×128
 // float maps is 64 KiB, so they all fall into the same L1/L2 cache set and the prefetcher sees
 // C separate streams; here they are one contiguous block. Zeroed guards before and after the

@@ -138,51 +138,14 @@ inline Vec<double> masked_load(const double* p, Mask<double> inside) {
 #endif
 }
 
-// exp without a libm call, on whole vectors. Range reduction x = n·ln2 + r, |r| <= ln2/2
-// (n rounded to nearest by the 1.5·2^23 trick), then Cephes' degree-6 polynomial: ~2 ulp.
-// x < kExpMin (≈ log of the smallest normal float) gives exactly 0, so masked logits (−inf)
-// get exactly zero weight.
-inline Vec<float> exp_vec(Vec<float> x) {
-  constexpr float kExpMin = -87.3f, kExpMax = 88.3f, kRound = 12582912.0f;
-  constexpr float kLog2e = 1.44269504088896341f;
+// exp without a libm call, on whole vectors, for x already in [kExpMin, kExpMax]. Range
+// reduction x = n·ln2 + r, |r| <= ln2/2 (n rounded to nearest by the 1.5·2^23 trick), then
+// Cephes' degree-6 polynomial: ~2 ulp.
+constexpr float kExpMin = -87.3f, kExpMax = 88.3f;  // ≈ logs of the smallest / largest normal
+inline Vec<float> exp_in_range(Vec<float> x) {
+  constexpr float kRound = 12582912.0f, kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   typedef int32_t IVec __attribute__((vector_size(32)));
-  const IVec underflow = x < kExpMin;
-  x = x < kExpMin ? kExpMin : x;
-  x = x > kExpMax ? kExpMax : x;
-  const Vec<float> n = (x * kLog2e + kRound) - kRound;
-  const Vec<float> r = (x - n * kLn2Hi) - n * kLn2Lo;
-  Vec<float> p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const IVec bits = (__builtin_convertvector(n, IVec) + 127) << 23;
-  Vec<float> two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  const Vec<float> zero = {};
-  return underflow ? zero : p * two_n;
-}
-inline Vec<double> exp_vec(Vec<double> x) {  // float64 is for checking, not speed
-  for (int64_t t = 0; t < kLanes<double>; ++t) x[t] = std::exp(x[t]);
-  return x;
-}
-
-// exp for x <= 0, as in a softmax after subtracting the max: exp_vec without the upper clamp
-// and without the exact zero below kExpMin (x < kExpMin gives exp(kExpMin) ≈ 1.2e-38, a
-// weight no float sum can see); callers zero masked lanes themselves.
-inline Vec<float> exp_nonpositive(Vec<float> x) {
-  constexpr float kExpMin = -87.3f, kRound = 12582912.0f;
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  typedef int32_t IVec __attribute__((vector_size(32)));
-#if defined(__AVX2__)
-  x = reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(x),
-                                                 _mm256_set1_ps(kExpMin)));
-#else
-  x = x < kExpMin ? kExpMin : x;
-#endif
   const Vec<float> n = (x * kLog2e + kRound) - kRound;
   const Vec<float> r = (x - n * kLn2Hi) - n * kLn2Lo;
   Vec<float> p = r * 1.9875691500e-4f + 1.3981999507e-3f;
@@ -195,6 +158,33 @@ inline Vec<float> exp_nonpositive(Vec<float> x) {
   Vec<float> two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
   return p * two_n;
+}
+
+// exp for any x. x < kExpMin gives exactly 0, so masked logits (−inf) get exactly zero weight.
+inline Vec<float> exp_vec(Vec<float> x) {
+  typedef int32_t IVec __attribute__((vector_size(32)));
+  const IVec underflow = x < kExpMin;
+  x = x < kExpMin ? kExpMin : x;
+  x = x > kExpMax ? kExpMax : x;
+  const Vec<float> zero = {};
+  return underflow ? zero : exp_in_range(x);
+}
+inline Vec<double> exp_vec(Vec<double> x) {  // float64 is for checking, not speed
+  for (int64_t t = 0; t < kLanes<double>; ++t) x[t] = std::exp(x[t]);
+  return x;
+}
+
+// exp for x <= 0, as in a softmax after subtracting the max: no upper clamp, and x < kExpMin
+// gives exp(kExpMin) ≈ 1.2e-38 instead of 0, a weight no float sum can see; callers zero
+// masked lanes themselves.
+inline Vec<float> exp_nonpositive(Vec<float> x) {
+#if defined(__AVX2__)
+  x = reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(x),
+                                                 _mm256_set1_ps(kExpMin)));
+#else
+  x = x < kExpMin ? kExpMin : x;
+#endif
+  return exp_in_range(x);
 }
 inline Vec<double> exp_nonpositive(Vec<double> x) { return exp_vec(x); }
 
@@ -228,6 +218,26 @@ inline Vec<float> log_vec(Vec<float> x) {
 inline Vec<double> log_vec(Vec<double> x) {
   for (int64_t t = 0; t < kLanes<double>; ++t) x[t] = std::log(x[t]);
   return x;
+}
+
+// Calls fn(first, std::integral_constant<int, N>{}) for consecutive groups covering [0, n):
+// groups of kMax, then one group of the n % kMax left (each N a compile-time constant, so the
+// callee's register blocks unroll).
+template <int N, typename Fn>
+inline void last_group(int64_t first, int64_t count, Fn& fn) {
+  if constexpr (N > 0) {
+    if (count == N) {
+      fn(first, std::integral_constant<int, N>{});
+    } else {
+      last_group<N - 1>(first, count, fn);
+    }
+  }
+}
+template <int kMax, typename Fn>
+inline void for_each_group(int64_t n, Fn&& fn) {
+  int64_t first = 0;
+  for (; first + kMax <= n; first += kMax) fn(first, std::integral_constant<int, kMax>{});
+  last_group<kMax - 1>(first, n - first, fn);
 }
 
 // ---- geometry ---------------------------------------------------------------------------
@@ -544,18 +554,7 @@ void gather_rows(T* out, int64_t out_stride, const T* coef, const Source& src, c
     }
     gather_channels<N, V>(outs, coef, rows, delta, s, row_scale);
   };
-  int64_t ch = 0;
-  for (; ch + kGatherChannels <= src.channels; ch += kGatherChannels) {
-    group(ch, std::integral_constant<int, kGatherChannels>{});
-  }
-  switch (src.channels - ch) {
-    case 5: group(ch, std::integral_constant<int, 5>{}); break;
-    case 4: group(ch, std::integral_constant<int, 4>{}); break;
-    case 3: group(ch, std::integral_constant<int, 3>{}); break;
-    case 2: group(ch, std::integral_constant<int, 2>{}); break;
-    case 1: group(ch, std::integral_constant<int, 1>{}); break;
-    default: break;
-  }
+  for_each_group<kGatherChannels>(src.channels, group);
 }
 
 // ---- forward ------------------------------------------------------------------------------
@@ -591,6 +590,10 @@ struct HalfWindow {
   static bool is_forward(int64_t a, int64_t b) { return a > 0 || (a == 0 && b >= 0); }
 };
 
+// Columns kept on each side of a ring row: the window's reach, rounded up to 64 bytes of float
+// so that row starts stay aligned.
+inline int64_t ring_margin(const Geometry& g) { return (g.radius * g.dilation + 15) / 16 * 16; }
+
 // Per-thread ring of forward logits: ring_rows rows of (forward offsets) × (margin + padded
 // width + margin). Margins let a backward offset read its mirror at x + b·dilation without a
 // test (those lanes are masked when out of the image).
@@ -603,7 +606,7 @@ struct LogitRing {
   LogitRing(const Geometry& g, int64_t n_forward, const at::TensorOptions& options)
       : rows(g.radius * g.dilation + 1),
         offsets(n_forward),
-        margin((g.radius * g.dilation + 15) / 16 * 16),
+        margin(ring_margin(g)),
         stride(2 * margin + g.tiles * kTileWidth) {
     storage = at::empty({rows * offsets * stride}, options);
     base = storage.mutable_data_ptr<T>();
@@ -632,7 +635,7 @@ struct PatternRows {
         height(g.height),
         width(g.width),
         slots(g.radius * g.dilation + 1),
-        margin((g.radius * g.dilation + 15) / 16 * 16) {
+        margin(ring_margin(g)) {
     // Reads reach from x = −radius·dilation to the padded width + radius·dilation.
     const int64_t padded_w = g.tiles * kTileWidth;
     pitch = row_pitch_for(2 * margin + padded_w, sizeof(T));
@@ -685,18 +688,7 @@ void forward_logits_row(const Geometry& g, PatternRows<T>& xs, const HalfWindow&
       dot_rows<N, V>(l, xi, nb, xs.channels, xs.pitch, p0 + B, p0, scale);
     }
   };
-  int64_t f = 0;
-  for (; f + kLogitOffsets <= n_valid; f += kLogitOffsets) {
-    group(f, std::integral_constant<int, kLogitOffsets>{});
-  }
-  switch (n_valid - f) {
-    case 5: group(f, std::integral_constant<int, 5>{}); break;
-    case 4: group(f, std::integral_constant<int, 4>{}); break;
-    case 3: group(f, std::integral_constant<int, 3>{}); break;
-    case 2: group(f, std::integral_constant<int, 2>{}); break;
-    case 1: group(f, std::integral_constant<int, 1>{}); break;
-    default: break;
-  }
+  for_each_group<kLogitOffsets>(n_valid, group);
 }
 
 // Softmax over the offsets for the block [p0, p0 + V·L) of a segment, logits read from the
@@ -842,7 +834,7 @@ struct ContentRows {
   T* base;
   const T* content;  // contiguous NCHW
   int64_t channels, cpad, height, width, reach, slots, margin, row_size;
-  int64_t loaded_b = -1, loaded_lo = 0, loaded_hi = -1;
+  int64_t loaded_b = -1, loaded_hi = -1;  // rows up to loaded_hi of image loaded_b
 
   ContentRows(const Geometry& g, const at::Tensor& contiguous_content)
       : content(contiguous_content.const_data_ptr<T>()),
@@ -868,7 +860,6 @@ struct ContentRows {
       transpose(content + (b * channels * height + r) * width, height * width, to, cpad,
                 channels, width);
     }
-    loaded_lo = lo;
     loaded_hi = std::max(loaded_hi, hi);
   }
 };
@@ -997,7 +988,13 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       computed_h = h;
       for (int64_t tile = 0; tile < g.tiles; ++tile) {
         g.segment<T>((b * g.height + h) * g.tiles + tile, seg);
-        if (channels_last) {  // offsets outside the segment's span: zero weight
+        // The channels-last gather reads every column of each window row in the image; when
+        // some have no valid position in this segment (images narrower than the window), their
+        // rows must read zero weights.
+        const int64_t rows_in_image =
+            (seg.offsets.back().rows - seg.offsets.front().rows) / g.dilation + 1;
+        if (channels_last &&
+            static_cast<int64_t>(seg.offsets.size()) < rows_in_image * kernel_size) {
           std::fill(weights.data(), weights.data() + kk * kTileWidth, T(0));
         }
         for (size_t o = 0; o < seg.offsets.size(); ++o) {

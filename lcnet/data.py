@@ -50,7 +50,7 @@ IMAGE_SUFFIXES = (".png",)
 CACHE_ENV = "LCNET_CACHE"
 #: Sub-folder of the cache that holds the embedded default set; the suffix is bumped with
 #: ``lcnet.synth.FORMAT_VERSION`` so an old set is never mistaken for a new one.
-DEFAULT_DATASET_NAME = "synthetic-gopro-v1"
+DEFAULT_DATASET_NAME = "synthetic-gopro-v2"
 UINT8_MAX = 255
 UINT16_TO_UINT8 = 257  # 65535 / 255
 RGB = 3
@@ -282,8 +282,8 @@ def _augment(image: np.ndarray, flip_h: bool, flip_v: bool, order: np.ndarray) -
 
 # ------------------------------------------------------------------------- default data
 def default_data_root() -> Path:
-    """Where the embedded default set lives: ``$LCNET_CACHE/synthetic-gopro-v1``, or
-    ``~/.cache/lcnet/synthetic-gopro-v1`` when ``LCNET_CACHE`` is unset."""
+    """Where the embedded default set lives: ``$LCNET_CACHE/synthetic-gopro-v2``, or
+    ``~/.cache/lcnet/synthetic-gopro-v2`` when ``LCNET_CACHE`` is unset."""
     cache = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lcnet"
     return Path(cache).expanduser() / DEFAULT_DATASET_NAME
 
@@ -323,8 +323,8 @@ def ensure_default_dataset(
         shutil.rmtree(root)
     logger.info("building the default synthetic data set at %s (runs once)", root)
     kwargs = {
-        "train_pairs": synth.DEFAULT_TRAIN_PAIRS if train_pairs is None else train_pairs,
-        "test_pairs": synth.DEFAULT_TEST_PAIRS if test_pairs is None else test_pairs,
+        "train_pairs": train_pairs,
+        "test_pairs": test_pairs,
         "size": synth.DEFAULT_SIZE if size is None else size,
         "seed": synth.DEFAULT_SEED if seed is None else seed,
     }

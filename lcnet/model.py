@@ -47,11 +47,22 @@ from torch import nn
 import lcblock_cuda
 from lcblock_cuda import LocalCorrelation
 
-__all__ = ["LC_BACKENDS", "LCBlock", "LCNet", "LCNetConfig", "pad_to_multiple"]
+__all__ = ["INITS", "LC_BACKENDS", "LC_LOGITS", "LCBlock", "LCNet", "LCNetConfig", "pad_to_multiple"]
 
 logger = logging.getLogger(__name__)
 
 LC_BACKENDS = ("fused", "reference")
+#: Weight initialisations: "xavier" is the paper's (section 3.1) everywhere; "identity" also
+#: zeroes the last convolution of every residual branch (ResBlock, LCBlock) and the output
+#: convolution, so the untrained network returns its input (docs/DESIGN.md, 'Training recipe').
+INITS = ("xavier", "identity")
+#: LCBlock logits: "dot" is eq. 3 of the paper (scale * <p_i, p_j>); "cosine" normalises the
+#: pattern features per pixel and multiplies the cosine similarity by a learned temperature
+#: (Swin v2), which bounds the logits (docs/DESIGN.md, 'Training recipe').
+LC_LOGITS = ("dot", "cosine")
+#: Initial temperature and upper bound of the "cosine" logits.
+COSINE_INIT_TEMPERATURE = 10.0
+COSINE_MAX_TEMPERATURE = 100.0
 CONV_KERNEL_SIZE = 3  # every convolution of LCNet (paper section 2.1)
 SCALE_FACTOR = 2  # EBlock conv stride and DBlock PixelShuffle factor (rates 0.5 and 2)
 FLOAT32_BYTES = 4
@@ -99,6 +110,12 @@ class LCNetConfig:
         lcblocks_per_dblock: LCBlocks at the start of each DBlock.
         lc_backend: ``"fused"`` (compiled lcblock_cuda kernels) or ``"reference"`` (pure
             PyTorch, slow). Not part of the architecture: weights move freely between backends.
+        init: ``"xavier"`` (the paper) or ``"identity"`` (residual branches and the output
+            convolution start at zero: the untrained network is the identity). Only affects
+            fresh weights; not part of the architecture.
+        lc_logits: ``"dot"`` (the paper's dot products times ``scale``) or ``"cosine"``
+            (cosine similarity times a learned temperature per LCBlock; adds one parameter
+            per LCBlock).
     """
 
     widths: tuple[int, ...] = (18, 36, 72)
@@ -111,6 +128,8 @@ class LCNetConfig:
     negative_slope: float = 0.2
     lcblocks_per_dblock: int = 2
     lc_backend: str = "fused"
+    init: str = "xavier"
+    lc_logits: str = "dot"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise fields in place once
@@ -146,6 +165,12 @@ class LCNetConfig:
                 f"LCNetConfig: expected lc_backend to be one of {LC_BACKENDS}, "
                 f"got {self.lc_backend!r}"
             )
+        for name, allowed in (("init", INITS), ("lc_logits", LC_LOGITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"LCNetConfig: expected {name} to be one of {allowed}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
     @property
     def size_multiple(self) -> int:
@@ -178,13 +203,14 @@ class LCNetConfig:
     def architecture_diff(self, other: LCNetConfig) -> dict[str, tuple[Any, Any]]:
         """Fields that differ from ``other`` as ``{name: (self_value, other_value)}``.
 
-        ``lc_backend`` is left out: it changes how the LCBlocks compute, not the weights. An
-        empty dict means a state dict of one model loads into the other.
+        ``lc_backend`` and ``init`` are left out: they change how the LCBlocks compute or how
+        fresh weights are drawn, not the weights' shapes. An empty dict means a state dict of
+        one model loads into the other.
         """
         return {
             f.name: (getattr(self, f.name), getattr(other, f.name))
             for f in dataclasses.fields(self)
-            if f.name != "lc_backend" and getattr(self, f.name) != getattr(other, f.name)
+            if f.name not in ("lc_backend", "init") and getattr(self, f.name) != getattr(other, f.name)
         }
 
 
@@ -244,6 +270,10 @@ class LCBlock(nn.Module):
         scale: multiplier of the dot products.
         squeeze: r, the channel reduction of the pattern and content features.
         backend: ``"fused"`` (compiled kernels) or ``"reference"`` (pure PyTorch).
+        logits: ``"dot"`` (eq. 3: ``scale * <p_i, p_j>``) or ``"cosine"``: the pattern
+            features are L2-normalised per pixel and multiplied by ``sqrt(t)``, so the logits are
+            ``t * cos(p_i, p_j)`` with a learned temperature ``t = exp(log_temperature)``
+            (clamped to ``COSINE_MAX_TEMPERATURE``); ``scale`` then multiplies ``t``.
     """
 
     def __init__(
@@ -254,8 +284,11 @@ class LCBlock(nn.Module):
         scale: float = 1.0,
         squeeze: int = 2,
         backend: str = "fused",
+        logits: str = "dot",
     ) -> None:
         super().__init__()
+        if logits not in LC_LOGITS:
+            raise ValueError(f"LCBlock: expected logits to be one of {LC_LOGITS}, got {logits!r}")
         for name, value in (("channels", channels), ("squeeze", squeeze)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"LCBlock: expected {name} to be an int >= 1, got {value!r}")
@@ -269,6 +302,9 @@ class LCBlock(nn.Module):
         self.content = conv3x3(channels, inner)
         self.correlation = LocalCorrelation(kernel_size, dilation, scale, backend)
         self.expand = conv3x3(inner, channels)
+        self.logits = logits
+        if logits == "cosine":
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(COSINE_INIT_TEMPERATURE)))
 
     @property
     def backend(self) -> str:
@@ -288,8 +324,15 @@ class LCBlock(nn.Module):
                 "LCNetConfig(lc_backend='reference'), model.set_lc_backend('reference') or "
                 "LCBlock(..., backend='reference')."
             ) from lcblock_cuda.extension_error()
-        y = self.correlation(self.pattern(x), self.content(x))
+        pattern = self.pattern(x)
+        if self.logits == "cosine":
+            pattern = F.normalize(pattern, dim=1) * self.temperature().sqrt()
+        y = self.correlation(pattern, self.content(x))
         return x + self.expand(y)
+
+    def temperature(self) -> torch.Tensor:
+        """The learned temperature of the "cosine" logits (clamped)."""
+        return self.log_temperature.clamp(max=math.log(COSINE_MAX_TEMPERATURE)).exp()
 
 
 class DBlock(nn.Module):
@@ -306,6 +349,7 @@ class DBlock(nn.Module):
                     config.scale,
                     config.squeeze,
                     config.lc_backend,
+                    config.lc_logits,
                 )
                 for _ in range(config.lcblocks_per_dblock)
             )
@@ -363,6 +407,26 @@ class LCNet(nn.Module):
             DBlock(c_in, c_out, cfg)
             for c_in, c_out in zip(reversed(cfg.widths), reversed(ins), strict=True)
         )
+        if cfg.init == "identity":
+            self._zero_residual_branches()
+
+    def _zero_residual_branches(self) -> None:
+        # SkipInit / Fixup: every residual branch ends in a zero convolution and so does the
+        # output convolution, so the network starts as the identity (output = blurry input) and
+        # early updates cannot add noise on top of the global residual (docs/DESIGN.md,
+        # 'Training recipe').
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                last = module.body[-1]
+            elif isinstance(module, LCBlock):
+                last = module.expand
+            else:
+                continue
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        out_conv = self.decoders[-1].upsample[0]
+        nn.init.zeros_(out_conv.weight)
+        nn.init.zeros_(out_conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:

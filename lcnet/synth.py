@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import skimage
+import torch
 from skimage.transform import AffineTransform, warp
 
 from .data import read_image, write_png
@@ -71,8 +72,17 @@ DEFAULT_SEED = 0
 
 #: Written last into the output folder: its presence marks a complete set.
 MANIFEST_NAME = "synth.json"
-#: Bumped whenever the generator changes what a seed produces.
-FORMAT_VERSION = 1
+#: Generator versions: 1 = camera shake over 5 photographs (``synthetic-gopro-v1``, kept
+#: byte-for-byte reproducible), 2 = dead leaves + photographs at several scales, moving objects
+#: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``, the default).
+VERSIONS = (1, 2)
+DEFAULT_VERSION = 2
+#: Version written by default (kept for callers of version 1's name).
+FORMAT_VERSION = DEFAULT_VERSION
+#: Version 2's default pair counts: train half dead leaves, half photographs; test photographs
+#: of the test sources only.
+V2_TRAIN_PAIRS = 128
+V2_TEST_PAIRS = 24
 
 #: Colour photographs shipped inside scikit-image's ``data`` folder (no download needed).
 #: The two motorcycle views show the same scene, so both stay in the same split.
@@ -307,14 +317,108 @@ def _validate_size(size: Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
+def dataset_name(version: int) -> str:
+    """Cache folder name of the bundled set of a generator version."""
+    return f"synthetic-gopro-v{version}"
+
+
+def default_pairs(version: int) -> tuple[int, int]:
+    """(train, test) default pair counts of a generator version."""
+    return (
+        (DEFAULT_TRAIN_PAIRS, DEFAULT_TEST_PAIRS) if version == 1 else (V2_TRAIN_PAIRS, V2_TEST_PAIRS)
+    )
+
+
+def _build_v2(
+    out: Path, train_pairs: int, test_pairs: int, seed: int, size: tuple[int, int], workers: int
+) -> None:
+    """Version 2 (:mod:`lcnet.scenes`): train pairs alternate dead leaves and photographs,
+    test pairs are photographs of the test sources; the manifest comes last."""
+    from . import scenes
+
+    jobs = []
+    for split_code, (split, n_pairs) in enumerate((("train", train_pairs), ("test", test_pairs))):
+        for index in range(n_pairs):
+            kind = "photo" if split == "test" or index % 2 else "dead_leaves"
+            chunk, frame = divmod(index, PAIRS_PER_SEQUENCE)
+            name = f"SYNTH{2000 + split_code * 100 + chunk:04d}_00_00/{frame + 1:06d}.png"
+            jobs.append((split_code, split, index, kind, name))
+
+    def run(job: tuple[int, str, int, str, str]) -> tuple[str, dict]:
+        split_code, split, index, kind, name = job
+        # Each pair's draw depends only on (seed, split, index, version).
+        rng = np.random.default_rng([seed, split_code, index, 2])
+        blur, blur_gamma, sharp, draw = scenes.make_pair(rng, size, split, kind)
+        sequence, file = name.split("/")
+        for folder, image in (("blur", blur), ("blur_gamma", blur_gamma), (SHARP_DIR, sharp)):
+            write_png(out / split / sequence / folder / file, image, PNG_COMPRESS_LEVEL)
+        record = {"name": name, **asdict(draw)}
+        record["psnr_blur"] = round(_psnr_uint8(blur, sharp), 3)
+        record["psnr_blur_gamma"] = round(_psnr_uint8(blur_gamma, sharp), 3)
+        return split, record
+
+    # torch's own threads would compete with the pool's.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(run, jobs))
+    finally:
+        torch.set_num_threads(threads)
+    manifest: dict = {
+        "generator": "lcnet.synth",
+        "format_version": 2,
+        "seed": seed,
+        "size": list(size),
+        "pairs": {"train": train_pairs, "test": test_pairs},
+        "sources": {
+            "train": list(scenes.TRAIN_PHOTOS) + list(scenes.TRAIN_TEXTURES),
+            "test": list(scenes.TEST_PHOTOS),
+        },
+        "source_folder": "skimage/data",
+        "scenes": {"train": "dead leaves and photographs, alternating", "test": "photographs"},
+        "blur_model": {
+            "frames": [scenes.MIN_FRAMES, scenes.MAX_FRAMES],
+            "camera_path_px": [scenes.MIN_PATH_PX, scenes.MAX_PATH_PX],
+            "max_rotation_deg": scenes.MAX_ROTATION_DEG,
+            "objects": [0, scenes.MAX_OBJECTS],
+            "object_path_px": [scenes.MIN_OBJECT_PATH_PX, scenes.MAX_OBJECT_PATH_PX],
+            "noise_levels_uint8": [scenes.MIN_NOISE_LEVELS, scenes.MAX_NOISE_LEVELS],
+            "gamma": scenes.GAMMA,
+        },
+        "mean_psnr": {},
+        "images": {},
+    }
+    _summarise(manifest, results, train_pairs, test_pairs)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _summarise(manifest: dict, results: list, train_pairs: int, test_pairs: int) -> None:
+    for split, n_pairs in (("train", train_pairs), ("test", test_pairs)):
+        records = [record for s, record in results if s == split]
+        manifest["images"][split] = records
+        manifest["mean_psnr"][split] = {
+            key: round(float(np.mean([r[key] for r in records])), 3)
+            for key in ("psnr_blur", "psnr_blur_gamma")
+        }
+        logger.info(
+            "synth: %d %s pairs, mean PSNR vs sharp: blur %.2f dB, blur_gamma %.2f dB",
+            n_pairs,
+            split,
+            manifest["mean_psnr"][split]["psnr_blur"],
+            manifest["mean_psnr"][split]["psnr_blur_gamma"],
+        )
+
+
 def _build(
     out: Path, train_pairs: int, test_pairs: int, seed: int, size: tuple[int, int], workers: int
 ) -> None:
-    """Write the whole set into ``out`` (an existing empty folder); the manifest comes last."""
+    """Version 1: write the whole set into ``out`` (an existing empty folder); the manifest
+    comes last."""
     source_ids = {name: i for i, name in enumerate(TRAIN_SOURCES + TEST_SOURCES)}
     manifest: dict = {
         "generator": "lcnet.synth",
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "seed": seed,
         "size": list(size),
         "pairs": {"train": train_pairs, "test": test_pairs},
@@ -363,31 +467,19 @@ def _build(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(run, jobs))  # in job order
-    for split, n_pairs in (("train", train_pairs), ("test", test_pairs)):
-        records = [record for s, record in results if s == split]
-        manifest["images"][split] = records
-        manifest["mean_psnr"][split] = {
-            key: round(float(np.mean([r[key] for r in records])), 3)
-            for key in ("psnr_blur", "psnr_blur_gamma")
-        }
-        logger.info(
-            "synth: %d %s pairs, mean PSNR vs sharp: blur %.2f dB, blur_gamma %.2f dB",
-            n_pairs,
-            split,
-            manifest["mean_psnr"][split]["psnr_blur"],
-            manifest["mean_psnr"][split]["psnr_blur_gamma"],
-        )
+    _summarise(manifest, results, train_pairs, test_pairs)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def make_synthetic_gopro(
     out: str | os.PathLike,
-    train_pairs: int = DEFAULT_TRAIN_PAIRS,
-    test_pairs: int = DEFAULT_TEST_PAIRS,
+    train_pairs: int | None = None,
+    test_pairs: int | None = None,
     seed: int = DEFAULT_SEED,
     size: Sequence[int] = DEFAULT_SIZE,
     overwrite: bool = False,
     workers: int = DEFAULT_WORKERS,
+    version: int = DEFAULT_VERSION,
 ) -> Path:
     """Build a synthetic GOPRO-layout set at ``out`` and return its path.
 
@@ -397,13 +489,23 @@ def make_synthetic_gopro(
     sibling folder and renamed into place, so ``out`` is either absent or complete.
 
     ``workers`` threads generate pairs; the output does not depend on it (each pair's draw
-    comes from ``np.random.default_rng([seed, split, index])``).
+    comes from ``np.random.default_rng([seed, split, index])``, version 2 appends 2).
+
+    ``version`` 1 is the original set (camera shake over 5 photographs; 96 + 16 pairs by
+    default), byte-for-byte as before; version 2 (the default) adds dead-leaves scenes,
+    photographs at several scales and moving objects (:mod:`lcnet.scenes`; 128 + 24 pairs).
+    ``train_pairs`` / ``test_pairs`` default to the version's counts (:func:`default_pairs`).
 
     Raises ``FileExistsError`` if ``out`` exists and is not empty (unless ``overwrite``), and
     ``ValueError`` for a bad pair count, seed, size (sides >= 16 and no larger than any
     source photo: 300 px high for chelsea.png) or worker count.
     """
     out = Path(out)
+    if version not in VERSIONS:
+        raise ValueError(f"version: expected one of {VERSIONS}, got {version!r}")
+    train_default, test_default = default_pairs(version)
+    train_pairs = train_default if train_pairs is None else train_pairs
+    test_pairs = test_default if test_pairs is None else test_pairs
     for arg, value in (("train_pairs", train_pairs), ("test_pairs", test_pairs)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
@@ -421,14 +523,16 @@ def make_synthetic_gopro(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         logger.info(
-            "synth: building %d train + %d test pairs of %dx%d (seed %d) in %s",
+            "synth: building version %d, %d train + %d test pairs of %dx%d (seed %d) in %s",
+            version,
             train_pairs,
             test_pairs,
             *size,
             seed,
             out,
         )
-        _build(tmp, int(train_pairs), int(test_pairs), int(seed), size, workers)
+        build = _build if version == 1 else _build_v2
+        build(tmp, int(train_pairs), int(test_pairs), int(seed), size, workers)
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         if out.is_dir() and overwrite:
             shutil.rmtree(out)
@@ -472,16 +576,24 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``lcnet synth`` options to ``parser`` (returned for chaining)."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (GOPRO layout)")
     parser.add_argument(
+        "--version",
+        type=int,
+        choices=VERSIONS,
+        default=DEFAULT_VERSION,
+        dest="synth_version",
+        help=f"generator version (default {DEFAULT_VERSION}; 1 rebuilds synthetic-gopro-v1)",
+    )
+    parser.add_argument(
         "--train-pairs",
         type=int,
-        default=DEFAULT_TRAIN_PAIRS,
-        help=f"training pairs (default {DEFAULT_TRAIN_PAIRS})",
+        default=None,
+        help=f"training pairs (default {V2_TRAIN_PAIRS}; {DEFAULT_TRAIN_PAIRS} for version 1)",
     )
     parser.add_argument(
         "--test-pairs",
         type=int,
-        default=DEFAULT_TEST_PAIRS,
-        help=f"test pairs (default {DEFAULT_TEST_PAIRS})",
+        default=None,
+        help=f"test pairs (default {V2_TEST_PAIRS}; {DEFAULT_TEST_PAIRS} for version 1)",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     parser.add_argument(
@@ -514,6 +626,7 @@ def run_synth(args: argparse.Namespace) -> int:
         size=args.size,
         overwrite=args.overwrite,
         workers=getattr(args, "workers", DEFAULT_WORKERS),
+        version=getattr(args, "synth_version", DEFAULT_VERSION),
     )
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     for split, psnr in manifest["mean_psnr"].items():

@@ -21,9 +21,15 @@ MAX_BLURRY_PSNR_DB = 40.0
 MIN_CHANNEL_SPREAD = 5.0
 
 
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth.make_synthetic_gopro(tmp_path_factory.mktemp("synth") / "set", seed=3, **TINY)
+@pytest.fixture(scope="module", params=[1, 2], ids=["v1", "v2"])
+def tiny_set(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth.make_synthetic_gopro(
+        tmp_path_factory.mktemp("synth") / "set", seed=3, version=request.param, **TINY
+    )
+
+
+def _version(root: Path) -> int:
+    return json.loads((root / synth.MANIFEST_NAME).read_text())["format_version"]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -81,7 +87,8 @@ def test_train_and_test_sources_are_disjoint(tiny_set: Path) -> None:
     train, test = set(manifest["sources"]["train"]), set(manifest["sources"]["test"])
     assert train and test and not train & test
     for split, sources in (("train", train), ("test", test)):
-        assert {r["source"] for r in manifest["images"][split]} <= sources
+        # Version 2's dead-leaves scenes have no single source photo (source "").
+        assert {r["source"] for r in manifest["images"][split] if r["source"]} <= sources
     # Sequence folders are named after their photo, so no folder is shared either.
     folders = {split: {p.name for p in (tiny_set / split).iterdir()} for split in SPLIT_PAIRS}
     assert not folders["train"] & folders["test"]
@@ -119,9 +126,12 @@ def test_blur_gamma_differs_from_blur(tiny_set: Path) -> None:
 
 def test_same_seed_same_bytes_other_seed_differs(tiny_set: Path, tmp_path: Path) -> None:
     # One worker here, two for the fixture: the thread schedule must not matter either.
-    again = synth.make_synthetic_gopro(tmp_path / "again", seed=3, **{**TINY, "workers": 1})
+    version = _version(tiny_set)
+    again = synth.make_synthetic_gopro(
+        tmp_path / "again", seed=3, version=version, **{**TINY, "workers": 1}
+    )
     assert _files(again) == _files(tiny_set)
-    other = synth.make_synthetic_gopro(tmp_path / "other", seed=4, **TINY)
+    other = synth.make_synthetic_gopro(tmp_path / "other", seed=4, version=version, **TINY)
     other_files, files = _files(other), _files(tiny_set)
     assert other_files.keys() == files.keys()
     assert any(other_files[k] != files[k] for k in files if k.endswith(".png"))
@@ -148,7 +158,11 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
         ({"seed": -2}, "seed: expected a non-negative integer, got -2"),
         ({"size": (8, 64)}, "size: expected both sides >= 16, got 8x64"),
         ({"size": (48,)}, r"size: expected \(height, width\)"),
-        ({"size": (400, 64)}, "size: source photo .* smaller than the requested image size 400x64"),
+        (
+            {"size": (400, 64), "version": 1},
+            "size: source photo .* smaller than the requested image size 400x64",
+        ),
+        ({"version": 3}, r"version: expected one of \(1, 2\), got 3"),
         ({"workers": 0}, "workers: expected a positive integer, got 0"),
     ],
 )
@@ -180,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
 def test_cli_arguments(size_args: list[str]) -> None:
     args = _parser().parse_args(["--out", "x", "--train-pairs", "3", "--size", *size_args])
     assert args.size == (48, 64) and args.train_pairs == 3 and args.out == Path("x")
-    assert args.test_pairs == synth.DEFAULT_TEST_PAIRS and not args.overwrite
+    assert args.test_pairs is None and not args.overwrite  # the version's default
+    assert args.synth_version == synth.DEFAULT_VERSION == 2
     defaults = _parser().parse_args(["--out", "x"])
     assert defaults.size == synth.DEFAULT_SIZE and defaults.seed == synth.DEFAULT_SEED
 

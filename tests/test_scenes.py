@@ -1,0 +1,104 @@
+"""Tests of lcnet.scenes (synthetic-gopro-v2's scenes and non-uniform blur) and of the
+reproducibility of synthetic-gopro-v1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcnet import scenes, synth
+
+SIZE = (40, 56)
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_version_1_is_byte_for_byte_the_original(tmp_path: Path) -> None:
+    # Digest of the PNGs written by the generator before version 2 existed (commit 8188ce9).
+    out = synth.make_synthetic_gopro(
+        tmp_path / "v1", train_pairs=3, test_pairs=2, size=(48, 64), seed=5, workers=1, version=1
+    )
+    assert _digest(out) == "3345fed423656e199ebb816b4b74ec70541767481d0a2a7f93957aba450305f3"
+    assert json.loads((out / synth.MANIFEST_NAME).read_text())["format_version"] == 1
+
+
+def test_default_set_is_version_2() -> None:
+    from lcnet import data
+
+    assert synth.DEFAULT_VERSION == 2 and data.DEFAULT_DATASET_NAME == "synthetic-gopro-v2"
+    assert synth.dataset_name(1) == "synthetic-gopro-v1"
+
+
+@pytest.mark.parametrize("kind", scenes.SCENE_KINDS)
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_make_pair_sizes_and_determinism(kind: str, split: str) -> None:
+    first = scenes.make_pair(np.random.default_rng([1, 2]), SIZE, split, kind)
+    again = scenes.make_pair(np.random.default_rng([1, 2]), SIZE, split, kind)
+    other = scenes.make_pair(np.random.default_rng([1, 3]), SIZE, split, kind)
+    for image in first[:3]:
+        assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
+    for a, b in zip(first[:3], again[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first[3] == again[3] and first[3].kind == kind
+    assert not np.array_equal(first[2], other[2])
+    assert not np.array_equal(first[0], first[2])  # blurred (and noisy)
+
+
+def test_test_scenes_use_only_test_photos() -> None:
+    assert not set(scenes.TRAIN_PHOTOS) & set(scenes.TEST_PHOTOS)
+    assert not set(scenes.TRAIN_TEXTURES) & set(scenes.TEST_PHOTOS)
+    for seed in range(4):
+        draw = scenes.make_pair(np.random.default_rng(seed), SIZE, "test", "photo")[3]
+        assert draw.source in scenes.TEST_PHOTOS
+        draw = scenes.make_pair(np.random.default_rng(seed), SIZE, "train", "photo")[3]
+        assert draw.source in scenes.TRAIN_PHOTOS
+
+
+def test_dead_leaves_range_and_variety() -> None:
+    image = scenes.dead_leaves(np.random.default_rng(0), (64, 80))
+    assert image.shape == (64, 80, 3) and image.dtype == np.float32
+    assert image.min() >= 0.0 and image.max() <= 1.0
+    # Many shapes: many distinct colours and strong edges.
+    assert len(np.unique(np.round(image.reshape(-1, 3), 2), axis=0)) > 50
+    assert np.abs(np.diff(image, axis=1)).max() > 0.3
+
+
+def test_moving_object_over_still_camera_blurs_only_the_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No camera motion and no noise: the blur is where the object moves, not elsewhere."""
+    monkeypatch.setattr(scenes, "MIN_PATH_PX", 1e-4)
+    monkeypatch.setattr(scenes, "MAX_PATH_PX", 1e-4)
+    monkeypatch.setattr(scenes, "MAX_ROTATION_DEG", 0.0)
+    monkeypatch.setattr(scenes, "MIN_NOISE_LEVELS", 0.0)
+    monkeypatch.setattr(scenes, "MAX_NOISE_LEVELS", 0.0)
+    monkeypatch.setattr(scenes, "MIN_OBJECTS", 1)
+    monkeypatch.setattr(scenes, "MAX_OBJECTS", 1)
+    monkeypatch.setattr(scenes, "MIN_OBJECT_PATH_PX", 10.0)
+    blur, _, sharp, draw = scenes.make_pair(np.random.default_rng(7), (96, 96), "train", "photo")
+    assert draw.n_objects == 1 and draw.object_path_px[0] >= 10.0
+    changed = np.abs(blur.astype(int) - sharp.astype(int)).max(axis=2) > 2
+    assert 0.005 < changed.mean() < 0.6  # a region changed, most of the image did not
+
+
+def test_version_2_build_records_scenes(tmp_path: Path) -> None:
+    out = synth.make_synthetic_gopro(
+        tmp_path / "v2", train_pairs=4, test_pairs=2, size=SIZE, seed=1, workers=2
+    )
+    manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
+    assert manifest["format_version"] == 2
+    kinds = [r["kind"] for r in manifest["images"]["train"]]
+    assert kinds == ["dead_leaves", "photo", "dead_leaves", "photo"]
+    assert {r["kind"] for r in manifest["images"]["test"]} == {"photo"}
+    for record in manifest["images"]["train"] + manifest["images"]["test"]:
+        assert record["psnr_blur"] < 60 and record["n_frames"] >= scenes.MIN_FRAMES

@@ -141,10 +141,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     ap.add_argument("--tag", default="")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/recipe_results.jsonl"))
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     train_b, train_s = load_split(args.data, "train", args.blur_dir)
@@ -192,7 +195,7 @@ def main() -> None:
             model.parameters(), args.clip if args.clip > 0 else float("inf")
         )
         optimizer.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         gmax = max(gmax, float(gnorm))
         if (step + 1) % args.log_every == 0:
             rec = {

@@ -66,6 +66,7 @@ from .runtime import (
     data_root,
     describe_device,
     dist_from_env,
+    ignore_stop_signals,
     resolve_device,
 )
 
@@ -319,6 +320,7 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals,  # the main process stops them, after saving
         )
         batches = iter(loader)  # draws the loader's base seed: before the RNG state is restored
         if rng_state is not None:

@@ -57,15 +57,27 @@ C = TypeVar("C")
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Check the run folder against --resume / --overwrite; writes nothing."""
+    """Check the run folder against --resume / --overwrite; writes nothing. A folder that a
+    crash left without a checkpoint is explained, with the way on."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LCNetError(f"--out {out} exists and is not a folder")
+    has_checkpoint = (out / "last.pt").is_file()
+    used = out.is_dir() and any(out.iterdir())
+    if used and not has_checkpoint and (resume or not overwrite):
+        # config.json / train.log but no last.pt: the run stopped before its first save.
+        log_file = out / "train.log"
+        why = f" (see {log_file})" if log_file.is_file() else ""
+        raise LCNetError(
+            f"{'--resume' if resume else '--out'}: {out} holds no checkpoint to continue from: "
+            f"the run there stopped before its first save{why}; pass --overwrite to start it "
+            "again"
+        )
     if resume:
-        if not (out / "last.pt").is_file():
+        if not has_checkpoint:
             raise LCNetError(f"--resume: no checkpoint {out / 'last.pt'} to resume from")
         return out
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if used and not overwrite:
         raise LCNetError(
             f"--out {out} already exists and is not empty; pass --resume to continue that run "
             "or --overwrite to start it again"

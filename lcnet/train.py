@@ -54,11 +54,18 @@ from .checkpoint import (
 from .data import GoproDataset
 from .errors import LCNetError, check_int, flag, one_line
 from .evaluate import evaluate_pairs
-from .io import GOPRO_LAYOUT, list_pairs, write_json
+from .io import GOPRO_LAYOUT, list_pairs, remove_stale_temp_files, write_json
 from .losses import DeblurLoss, VGGWeightsNotFoundError
 from .model import LCNet, LCNetConfig
 from .progress import Progress
-from .rundir import MetricsLog, clear_run_files, merge_resumed_args, prepare_run_dir, show
+from .rundir import (
+    RUN_FILES,
+    MetricsLog,
+    clear_run_files,
+    merge_resumed_args,
+    prepare_run_dir,
+    show,
+)
 from .runtime import (
     Dist,
     StopFlag,
@@ -292,7 +299,7 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
 
     # ---- from here on rank 0 writes into the run folder ----
     ddp.barrier()
-    with _run_logging(out, ddp, cfg.overwrite):
+    with _run_folder(out, ddp, cfg.overwrite):
         if ddp.is_main:
             write_json(out / "config.json", {
                 "train": cfg.to_dict(), "model": model.config.to_dict(), "data_root": str(root),
@@ -376,9 +383,9 @@ def _loss(cfg: TrainConfig) -> DeblurLoss:
         raise LCNetError(f"--vgg-weights: {exc}") from exc
 
 
-class _run_logging:  # noqa: N801 (used as a context manager, like a function)
-    """Rank 0: prepares the folder (--overwrite clears the run's files) and copies the log to
-    train.log; the other ranks only report problems."""
+class _run_folder:  # noqa: N801 (used as a context manager, like a function)
+    """Rank 0: prepares the folder (--overwrite clears the run's files, temporary files of
+    killed writes go) and copies the log to train.log; the other ranks only report problems."""
 
     def __init__(self, out: Path, ddp: Dist, overwrite: bool) -> None:
         self.out, self.ddp, self.overwrite = out, ddp, overwrite
@@ -398,6 +405,13 @@ class _run_logging:  # noqa: N801 (used as a context manager, like a function)
         self.handler = logging.FileHandler(self.out / "train.log")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.package_log.addHandler(self.handler)
+        stale = remove_stale_temp_files(self.out, RUN_FILES)
+        if stale:
+            log.warning(
+                "removed %d temporary file(s) left by an earlier killed run: %s",
+                len(stale),
+                " ".join(p.name for p in stale),
+            )
 
     def __exit__(self, *exc: object) -> None:
         self.package_log.setLevel(self.saved_level)
@@ -416,27 +430,31 @@ def _loop(run: _Run, s: _State, batches: Iterator[Any]) -> TrainResult:
     progress = Progress(run.total_steps, s.step, enabled=run.ddp.is_main)
     with StopFlag() as stop, progress:
         run.net.train()
-        while s.step < run.total_steps:
-            if _stop_requested(stop, run.ddp, s.step):
-                interrupted = True
-                break
-            batch = _next_batch(batches, stop)
-            if batch is None:  # Ctrl-C also reached the data workers
-                interrupted = True
-                break
-            blur, sharp = (t.to(run.device, non_blocking=True) for t in batch)
-            loss = _train_step(
-                run.net, run.loss_fn, run.optimizer, run.scaler, blur, sharp, run.amp
-            )
-            _advance(run, s)
-            window.add(loss)
-            progress.update()
-            if s.step % cfg.log_every == 0 or s.step == run.total_steps:
-                _log(run, s, window, progress)
-            if cfg.val_every and s.step % cfg.val_every == 0:
-                _validate(run, s)
-            if s.step % cfg.save_every == 0 and s.step < run.total_steps:
-                _save(run, s, "last.pt")
+        try:
+            while s.step < run.total_steps:
+                if _stop_requested(stop, run.ddp, s.step):
+                    interrupted = True
+                    break
+                batch = _next_batch(batches, stop)
+                if batch is None:  # Ctrl-C also reached the data workers
+                    interrupted = True
+                    break
+                blur, sharp = (t.to(run.device, non_blocking=True) for t in batch)
+                loss = _train_step(
+                    run.net, run.loss_fn, run.optimizer, run.scaler, blur, sharp, run.amp
+                )
+                _advance(run, s)
+                window.add(loss)
+                progress.update()
+                if s.step % cfg.log_every == 0 or s.step == run.total_steps:
+                    _log(run, s, window, progress)
+                if cfg.val_every and s.step % cfg.val_every == 0:
+                    _validate(run, s)
+                if s.step % cfg.save_every == 0 and s.step < run.total_steps:
+                    _save(run, s, "last.pt")
+        except Exception as exc:  # a bad image, a dead worker, a bug: keep the steps done
+            _save_after_error(run, s, exc)
+            raise
         path = _save(run, s, "last.pt")
     _check_ranks_in_sync(run, s)
     if interrupted:
@@ -560,10 +578,9 @@ def _save(run: _Run, s: _State, name: str) -> Path:
         return path
     bad = non_finite_parameters(run.model)
     if bad:
-        kept = "nothing" if s.saved_step is None else f"step {s.saved_step}"
-        raise LCNetError(
+        raise _NonFiniteWeights(
             f"step {s.step}: the weights are not finite ({', '.join(bad[:3])}); {path} was not "
-            f"written (last.pt holds {kept})"
+            f"written ({_on_disk(run, s)})"
         )
     save_checkpoint(path, {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -576,6 +593,37 @@ def _save(run: _Run, s: _State, name: str) -> Path:
     if name == "last.pt":
         s.saved_step = s.step
     return path
+
+
+class _NonFiniteWeights(LCNetError):
+    """Raised instead of writing a checkpoint with NaN or infinite weights."""
+
+
+def _on_disk(run: _Run, s: _State) -> str:
+    if s.saved_step is None:
+        return f"no checkpoint was saved; see {run.out / 'train.log'}"
+    return f"last.pt holds step {s.saved_step}: continue from it with --resume"
+
+
+def _save_after_error(run: _Run, s: _State, exc: Exception) -> None:
+    """Rank 0 saves the steps done since the last checkpoint, unless the weights are not
+    finite; the error then says what is on disk. A user error (LCNetError) is re-raised with
+    that added, any other keeps its traceback and the log says it."""
+    if not run.ddp.is_main or isinstance(exc, _NonFiniteWeights):
+        return
+    if s.step == (s.saved_step or 0):
+        note = _on_disk(run, s)
+    elif non_finite_parameters(run.model):
+        note = f"the weights are not finite, so last.pt was not updated ({_on_disk(run, s)})"
+    else:
+        try:
+            _save(run, s, "last.pt")
+            note = f"saved step {s.step} to {run.out / 'last.pt'}: continue with --resume"
+        except Exception as save_error:  # a full disk, say: report the first error
+            note = f"saving last.pt failed too ({one_line(save_error)}; {_on_disk(run, s)})"
+    if isinstance(exc, LCNetError):
+        raise LCNetError(f"{one_line(exc)} (stopped at step {s.step}; {note})") from exc
+    log.error("stopped at step %d by %s; %s", s.step, type(exc).__name__, note)
 
 
 def _check_ranks_in_sync(run: _Run, s: _State) -> None:

@@ -22,7 +22,6 @@ from typing import IO, Any
 
 import numpy as np
 import PIL.Image
-import skimage.io
 
 __all__ = [
     "BLUR_DIRS",
@@ -138,9 +137,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 # Images
 
 
+#: PIL modes of one channel wider than 8 bits (16-bit PNG / TIFF grey, 32-bit int, float).
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as uint8 HxWx3 RGB: grey is repeated to 3 channels, alpha dropped,
-    16-bit scaled to 8-bit.
+    """Read an image as uint8 HxWx3 RGB, converted the way Pillow converts to ``"RGB"``:
+    CMYK and YCbCr are converted (not truncated), palettes expanded, grey repeated, alpha
+    dropped (not composited). 16-bit grey is scaled to 8 bits with rounding (x / 257); 16-bit
+    RGB PNGs are read by Pillow as their high bytes. Multi-frame files give their first frame;
+    the EXIF orientation is not applied (pixels as stored).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ImageReadError` (a
     ``ValueError``) naming the path for a file that cannot be decoded.
@@ -149,27 +155,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
-        image = np.asarray(skimage.io.imread(path))
-    except Exception as error:  # decoders raise anything from OSError to SyntaxError
+        with PIL.Image.open(path) as image:
+            image.load()
+            if image.mode in _WIDE_GREY_MODES:
+                array = _wide_grey_to_uint8(np.asarray(image), image.mode)
+            else:
+                array = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from error
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or image.size == 0:
-        raise ImageReadError(f"image {path}: expected HxW or HxWxC (C<=4), got {image.shape}")
-    if image.shape[2] in (1, 2):  # grey (+ alpha)
-        image = np.repeat(image[:, :, :1], RGB, axis=2)
-    image = image[:, :, :RGB]
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + UINT16_TO_UINT8 // 2) // UINT16_TO_UINT8).astype(
-            np.uint8
-        )
-    elif image.dtype == np.bool_:
-        image = image.astype(np.uint8) * UINT8_MAX
-    elif np.issubdtype(image.dtype, np.floating):
-        image = np.clip(np.rint(image * UINT8_MAX), 0, UINT8_MAX).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageReadError(f"image {path}: unsupported pixel type {image.dtype}")
-    return np.ascontiguousarray(image)
+    if array.size == 0:
+        raise ImageReadError(f"image {path}: it has no pixels ({array.shape})")
+    return np.ascontiguousarray(array)
+
+
+def _wide_grey_to_uint8(grey: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "F":  # floating point, taken as [0, 1]
+        grey = np.clip(np.rint(np.nan_to_num(grey) * UINT8_MAX), 0, UINT8_MAX)
+    else:  # 16-bit range
+        grey = np.clip(grey.astype(np.int64), 0, 65535)
+        grey = (grey + UINT16_TO_UINT8 // 2) // UINT16_TO_UINT8
+    return np.repeat(grey.astype(np.uint8)[:, :, None], RGB, axis=2)
 
 
 def write_png(

@@ -15,15 +15,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import synth
-from .evaluate import DeblurConfig, EvalConfig, deblur_files, evaluate, format_table
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LCNetError, one_line
+from .evaluate import EvalConfig, evaluate, format_table
+from .inference import DeblurConfig, deblur_files
 from .losses import VGGWeightsNotFoundError
-from .train import EXIT_INTERRUPTED, LCNetError, TrainConfig, train
+from .train import TrainConfig, train
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-EXIT_USAGE = 2  # argparse's code for bad usage; ours for every user error
 _TRAIN_DEFAULTS = TrainConfig()
 
 
@@ -418,11 +419,6 @@ def _setup_logging(level: int) -> None:
     handler.setLevel(level)
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
-
-
 # Errors a user can cause by what they pass; anything else is a bug and keeps its traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (LCNetError, VGGWeightsNotFoundError)
 
@@ -445,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         if args.verbose:
             traceback.print_exc()
-        sys.stderr.write(f"lcnet {args.command}: error: {_one_line(exc)}\n")
+        sys.stderr.write(f"lcnet {args.command}: error: {one_line(exc)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write(f"lcnet {args.command}: interrupted\n")

@@ -45,7 +45,9 @@ import skimage
 import torch
 from skimage.transform import AffineTransform, warp
 
-from .data import read_image, write_png
+from . import metrics
+from .io import BLUR_DIRS as BLUR_DIRS  # noqa: F401 (lcnet.synth.BLUR_DIRS, as before)
+from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, read_image, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +97,6 @@ TRAIN_SOURCES = (
 )
 TEST_SOURCES = ("chelsea.png", "motorcycle_left.png", "motorcycle_right.png")
 
-SPLITS = ("train", "test")
-BLUR_DIRS = ("blur", "blur_gamma")
-SHARP_DIR = "sharp"
 #: Pairs per synthetic "video" folder (GOPRO has 33 sequences of ~100 frames).
 PAIRS_PER_SEQUENCE = 8
 #: Smallest image side accepted for ``size``.
@@ -126,8 +125,6 @@ MIN_TEXTURE = 0.03
 #: Interpolation order of the sub-pixel warps (1 = bilinear).
 WARP_ORDER = 1
 UINT8_MAX = 255
-#: zlib level of the written PNGs: 1 is ~4x faster to write than 6, files ~10% larger.
-PNG_COMPRESS_LEVEL = 1
 #: Threads generating pairs (warps, numpy maths and PNG encoding release the GIL).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -156,11 +153,6 @@ def _load_source(name: str) -> np.ndarray:
     """A bundled photograph as float32 HxWx3 in [0, 1] (float32 halves the cost of the
     gamma maths; the rounding to uint8 hides the difference)."""
     return read_image(_source_dir() / name).astype(np.float32) / np.float32(UINT8_MAX)
-
-
-def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(UINT8_MAX**2 / mse)
 
 
 def _quantise(x: np.ndarray) -> np.ndarray:
@@ -288,8 +280,8 @@ def _make_pair(
         path_length_px=round(path_length, 3),
         rotation_deg=round(float(np.rad2deg(rotations[-1] - rotations[0])), 4),
         noise_levels=round(noise_levels, 3),
-        psnr_blur=round(_psnr_uint8(blur, sharp), 3),
-        psnr_blur_gamma=round(_psnr_uint8(blur_gamma, sharp), 3),
+        psnr_blur=round(metrics.psnr(blur, sharp), 3),
+        psnr_blur_gamma=round(metrics.psnr(blur_gamma, sharp), 3),
     )
     return blur, blur_gamma, sharp, params
 

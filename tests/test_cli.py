@@ -15,11 +15,12 @@ import pytest
 import skimage.io
 import torch
 
+from lcnet.checkpoint import load_checkpoint, model_from_checkpoint
 from lcnet.cli import main
-from lcnet.data import read_image
-from lcnet.evaluate import STRIP_GAP, deblur_tensor, tile_spans
+from lcnet.evaluate import STRIP_GAP
+from lcnet.inference import deblur_tensor, tile_spans
+from lcnet.io import read_image
 from lcnet.model import LCNet, LCNetConfig
-from lcnet.train import load_checkpoint, model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [

@@ -17,9 +17,12 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 
 import lcblock_cuda
+import lcnet.checkpoint
 import lcnet.train
+from lcnet.checkpoint import load_checkpoint
 from lcnet.cli import main
-from lcnet.train import TrainConfig, load_checkpoint
+from lcnet.errors import LCNetError
+from lcnet.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -141,7 +144,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.pt"
-    lcnet.train.save_checkpoint(path, {"step": 1})
+    lcnet.checkpoint.save_checkpoint(path, {"step": 1})
 
     def broken_save(obj: Any, f: Any) -> None:
         f.write(b"half a checkpoint")
@@ -149,7 +152,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        lcnet.train.save_checkpoint(path, {"step": 2})
+        lcnet.checkpoint.save_checkpoint(path, {"step": 2})
     assert _load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
@@ -320,5 +323,5 @@ def test_corrupt_training_image(tiny_gopro: Path, tmp_path: Path, capsys: Any) -
 def test_load_checkpoint_rejects_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "noise.pt"
     path.write_bytes(os.urandom(1000))
-    with pytest.raises(lcnet.train.LCNetError, match="noise.pt is not an LCNet checkpoint"):
+    with pytest.raises(LCNetError, match="noise.pt is not an LCNet checkpoint"):
         load_checkpoint(path)

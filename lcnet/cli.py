@@ -1,4 +1,4 @@
-"""The ``lcnet`` command line (also ``python -m lcnet``): synth, train, eval, deblur.
+"""The ``lcnet`` command line (also ``python -m lcnet``): synth, train, eval, deblur, plot.
 
 User errors (a missing file, a corrupt image, a foreign checkpoint, a bad flag value, a run
 folder that already exists) end with one line on stderr and exit code 2, never a traceback;
@@ -14,11 +14,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import synth
+from . import plot, synth
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LCNetError, one_line
 from .evaluate import EvalConfig, evaluate, format_table
 from .inference import DeblurConfig, deblur_files
 from .losses import VGGWeightsNotFoundError
+from .recipes import RECIPES, apply_recipe
 from .train import TrainConfig, train
 
 __all__ = ["build_parser", "main"]
@@ -125,6 +126,14 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
     )
 
     optim = p.add_argument_group("optimisation (defaults: the paper's recipe)")
+    optim.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=default(d.recipe),
+        help="paper: the paper's schedule (the defaults below); quick: minutes on a CPU "
+        "(AdamW, warm-up + cosine, clipping, identity init, its own --max-steps). Flags given "
+        "explicitly override the recipe's values",
+    )
     optim.add_argument("--epochs", type=positive_int, default=default(d.epochs))
     optim.add_argument(
         "--max-steps",
@@ -147,6 +156,26 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         help="multiply the learning rate by --lr-gamma every this many epochs",
     )
     optim.add_argument("--lr-gamma", type=positive_float, default=default(d.lr_gamma))
+    optim.add_argument("--optimizer", choices=("adam", "adamw"), default=default(d.optimizer))
+    optim.add_argument("--weight-decay", type=nonnegative_float, default=default(d.weight_decay))
+    optim.add_argument(
+        "--schedule",
+        choices=("step", "cosine"),
+        default=default(d.schedule),
+        help="step: times --lr-gamma every --lr-step-epochs; cosine: warm-up, then cosine to 0",
+    )
+    optim.add_argument(
+        "--warmup-steps",
+        type=nonnegative_int,
+        default=default(d.warmup_steps),
+        help="linear warm-up of the cosine schedule",
+    )
+    optim.add_argument(
+        "--clip-grad-norm",
+        type=nonnegative_float,
+        default=default(d.clip_grad_norm),
+        help="clip the gradients' global norm (0: no clipping)",
+    )
     optim.add_argument(
         "--content-weight",
         type=nonnegative_float,
@@ -185,6 +214,24 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         choices=("fused", "reference"),
         default=default(d.lc_backend),
         help="fused: the compiled kernels; reference: pure PyTorch (slow)",
+    )
+    model.add_argument(
+        "--init",
+        choices=("xavier", "identity"),
+        default=default(d.init),
+        help="xavier: the paper; identity: residual branches and output start at zero",
+    )
+    model.add_argument(
+        "--lc-logits",
+        choices=("dot", "cosine"),
+        default=default(d.lc_logits),
+        help="dot: the paper's dot products; cosine: cosine similarity x learned temperature",
+    )
+    model.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=default(d.channels_last),
+        help="run the model and batches in channels_last (default; same results, faster)",
     )
 
     run = p.add_argument_group("run")
@@ -322,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
     _add_checkpoint_arguments(p)
     p.set_defaults(func=_run_deblur)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw a run's training curve to a PNG",
+        description="Draw the training loss, validation PSNR and learning rate of a run "
+        "(RUN_DIR/metrics.jsonl) to a PNG (default RUN_DIR/curve.png).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by lcnet train")
+    p.add_argument("--out", metavar="PNG", default=None, help="default: RUN_DIR/curve.png")
+    p.set_defaults(func=_run_plot)
     return parser
 
 
@@ -348,7 +405,9 @@ def _explicit_train_flags(argv: Sequence[str]) -> frozenset[str]:
 def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     names = {f for f in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    result = train(cfg, explicit=_explicit_train_flags(argv))
+    explicit = _explicit_train_flags(argv)
+    cfg = apply_recipe(cfg, cfg.recipe, explicit)  # explicit flags override the recipe
+    result = train(cfg, explicit=explicit)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
@@ -371,6 +430,15 @@ def _run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(format_table(results))
     if cfg.out:
         log.info("wrote %s", cfg.out)
+    return 0
+
+
+def _run_plot(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    try:
+        path = plot.plot_run(args.run_dir, args.out)
+    except plot.PlotError as exc:
+        raise LCNetError(str(exc)) from exc
+    log.info("wrote %s", path)
     return 0
 
 

@@ -47,7 +47,15 @@ from torch import nn
 import lcblock_cuda
 from lcblock_cuda import LocalCorrelation
 
-__all__ = ["INITS", "LC_BACKENDS", "LC_LOGITS", "LCBlock", "LCNet", "LCNetConfig", "pad_to_multiple"]
+__all__ = [
+    "INITS",
+    "LC_BACKENDS",
+    "LC_LOGITS",
+    "LCBlock",
+    "LCNet",
+    "LCNetConfig",
+    "pad_to_multiple",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +218,8 @@ class LCNetConfig:
         return {
             f.name: (getattr(self, f.name), getattr(other, f.name))
             for f in dataclasses.fields(self)
-            if f.name not in ("lc_backend", "init") and getattr(self, f.name) != getattr(other, f.name)
+            if f.name not in ("lc_backend", "init")
+            and getattr(self, f.name) != getattr(other, f.name)
         }
 
 
@@ -465,6 +474,34 @@ class LCNet(nn.Module):
         self.config = dataclasses.replace(self.config, lc_backend=backend)
         logger.info("LCNet: LCBlocks now use the %r backend", backend)
         return self
+
+    @torch.no_grad()
+    def lc_logit_bounds(self, x: torch.Tensor) -> list[float]:
+        """Largest LCBlock logit of every LCBlock (deepest first) on input ``x``: for "dot"
+        logits ``scale * max_i |p_i|^2`` (the self term bounds every ``<p_i, p_j>``), for
+        "cosine" ``scale * temperature``. A diagnostic of the training log: unbounded dot
+        products make the softmax saturate (docs/DESIGN.md, 'Training recipe')."""
+        found: list[float] = []
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+            assert isinstance(module, LCBlock)
+            scale = module.correlation.scale
+            if module.logits == "cosine":
+                found.append(float(module.temperature()) * scale)
+            else:
+                found.append(float(module.pattern(inputs[0]).pow(2).sum(1).max()) * scale)
+
+        blocks = [m for m in self.modules() if isinstance(m, LCBlock)]
+        handles = [b.register_forward_hook(hook) for b in blocks]
+        was_training = self.training
+        try:
+            self.eval()
+            self(x)
+        finally:
+            self.train(was_training)
+            for h in handles:
+                h.remove()
+        return found
 
     def num_parameters(self) -> int:
         """Number of parameters (700,968 for the default config)."""

@@ -88,8 +88,8 @@ def _panel(
     if not points:
         draw.text((left + 10, (y_top + y_bottom) // 2), "no data", fill=AXIS, font=font)
         return
-    ys = [math.log10(v) if log_y else v for _, v in points if (v > 0 or not log_y)]
-    pts = [(s, math.log10(v) if log_y else v) for s, v in points if (v > 0 or not log_y)]
+    ys = [math.log(v, 10) if log_y else v for _, v in points if (v > 0 or not log_y)]
+    pts = [(s, math.log(v, 10) if log_y else v) for s, v in points if (v > 0 or not log_y)]
     if not pts:
         return
     lo, hi = min(ys), max(ys)

@@ -35,7 +35,7 @@ import skimage
 import torch
 import torch.nn.functional as F
 
-from .data import read_image
+from .io import read_image
 
 __all__ = [
     "SCENE_KINDS",
@@ -128,8 +128,9 @@ def _warp(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     source = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
     grid = torch.from_numpy(
-        np.stack([xs * (2.0 / max(width - 1, 1)) - 1.0, ys * (2.0 / max(height - 1, 1)) - 1.0], -1)
-        .astype(np.float32)
+        np.stack(
+            [xs * (2.0 / max(width - 1, 1)) - 1.0, ys * (2.0 / max(height - 1, 1)) - 1.0], -1
+        ).astype(np.float32)
     )[None]
     out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out[0].permute(1, 2, 0).numpy()
@@ -143,7 +144,10 @@ def _warp_zero(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 
 def _grid(
-    shape: tuple[int, int], origin: tuple[int, int], offset: np.ndarray, rotation: float,
+    shape: tuple[int, int],
+    origin: tuple[int, int],
+    offset: np.ndarray,
+    rotation: float,
     centre: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Canvas coordinates of output pixels ``origin + (i, j)`` for i, j in ``shape``: rotate by
@@ -404,9 +408,7 @@ def make_pair(
         path_length_px=round(path_length, 3),
         rotation_deg=round(math.degrees(total_rotation), 4),
         n_objects=len(objects),
-        object_path_px=tuple(
-            round(float(np.abs(np.diff(o[3], axis=0)).sum()), 2) for o in objects
-        ),
+        object_path_px=tuple(round(float(np.abs(np.diff(o[3], axis=0)).sum()), 2) for o in objects),
         noise_levels=round(noise_levels, 3),
     )
     return blur, blur_gamma, _quantise(sharp), draw

@@ -317,7 +317,9 @@ def dataset_name(version: int) -> str:
 def default_pairs(version: int) -> tuple[int, int]:
     """(train, test) default pair counts of a generator version."""
     return (
-        (DEFAULT_TRAIN_PAIRS, DEFAULT_TEST_PAIRS) if version == 1 else (V2_TRAIN_PAIRS, V2_TEST_PAIRS)
+        (DEFAULT_TRAIN_PAIRS, DEFAULT_TEST_PAIRS)
+        if version == 1
+        else (V2_TRAIN_PAIRS, V2_TEST_PAIRS)
     )
 
 
@@ -345,8 +347,8 @@ def _build_v2(
         for folder, image in (("blur", blur), ("blur_gamma", blur_gamma), (SHARP_DIR, sharp)):
             write_png(out / split / sequence / folder / file, image, PNG_COMPRESS_LEVEL)
         record = {"name": name, **asdict(draw)}
-        record["psnr_blur"] = round(_psnr_uint8(blur, sharp), 3)
-        record["psnr_blur_gamma"] = round(_psnr_uint8(blur_gamma, sharp), 3)
+        record["psnr_blur"] = round(metrics.psnr(blur, sharp), 3)
+        record["psnr_blur_gamma"] = round(metrics.psnr(blur_gamma, sharp), 3)
         return split, record
 
     # torch's own threads would compete with the pool's.

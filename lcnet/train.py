@@ -56,8 +56,9 @@ from .errors import LCNetError, check_int, flag, one_line
 from .evaluate import evaluate_pairs
 from .io import GOPRO_LAYOUT, list_pairs, remove_stale_temp_files, write_json
 from .losses import DeblurLoss, VGGWeightsNotFoundError
-from .model import LCNet, LCNetConfig
+from .model import INITS, LC_LOGITS, LCNet, LCNetConfig
 from .progress import Progress
+from .recipes import RECIPES, apply_recipe, cosine_factor, divergence_message
 from .rundir import (
     RUN_FILES,
     MetricsLog,
@@ -88,7 +89,8 @@ STOP_CHECK_EVERY = 10
 
 @dataclass
 class TrainConfig:
-    """Arguments of ``lcnet train``; the defaults are the paper's recipe."""
+    """Arguments of ``lcnet train``; the defaults are the paper's recipe (``--recipe paper``;
+    :meth:`from_recipe` gives another recipe's values, see :mod:`lcnet.recipes`)."""
 
     data: str | None = None  # GOPRO-layout root; None: the bundled synthetic set
     blur_dir: str = "blur"  # "blur" or "blur_gamma" (Nah et al.)
@@ -112,6 +114,15 @@ class TrainConfig:
     widths: tuple[int, ...] = (18, 36, 72)
     kernel_size: int = 5
     lc_backend: str = "fused"
+    recipe: str = "paper"  # name of the recipe the values came from (lcnet.recipes)
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    schedule: str = "step"  # step: lr * lr_gamma every lr_step_epochs; cosine: per step
+    warmup_steps: int = 0  # linear warm-up steps of the cosine schedule
+    clip_grad_norm: float = 0.0  # clip the gradients' global norm to this; 0: no clipping
+    init: str = "xavier"  # xavier (paper) | identity (zero residual branches, docs/DESIGN.md)
+    lc_logits: str = "dot"  # dot (paper) | cosine (bounded, learned temperature)
+    channels_last: bool = True  # model and batches in channels_last (same results, faster)
     # bookkeeping
     val_every: int = 0  # steps between validations on the test split; 0: none
     val_images: int = 4
@@ -125,8 +136,17 @@ class TrainConfig:
             check_int(flag(name), getattr(self, name), 1)
         check_int("--max-steps", self.max_steps, 1, optional=True)
         check_int("--workers", self.workers, 0, optional=True)
-        for name in ("val_every", "seed"):
+        for name in ("val_every", "seed", "warmup_steps"):
             check_int(flag(name), getattr(self, name), 0)
+        for name in ("weight_decay", "clip_grad_norm"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise LCNetError(f"{flag(name)} must be a number >= 0, got {value!r}")
+        if self.warmup_steps and self.schedule != "cosine":
+            raise LCNetError(
+                f"--warmup-steps {self.warmup_steps} needs --schedule cosine "
+                f"(got --schedule {self.schedule})"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise LCNetError(f"--lr must be a positive number, got {self.lr!r}")
         if not (math.isfinite(self.lr_gamma) and self.lr_gamma > 0):
@@ -141,6 +161,11 @@ class TrainConfig:
             "blur_dir": ("blur", "blur_gamma"),
             "device": ("auto", "cpu", "cuda"),
             "lc_backend": ("fused", "reference"),
+            "recipe": tuple(RECIPES),
+            "optimizer": ("adam", "adamw"),
+            "schedule": ("step", "cosine"),
+            "init": INITS,
+            "lc_logits": LC_LOGITS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -168,9 +193,22 @@ class TrainConfig:
             kwargs["widths"] = tuple(kwargs["widths"])
         return cls(**kwargs)
 
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The values of recipe ``name`` (:data:`lcnet.recipes.RECIPES`); ``overrides`` win."""
+        try:
+            cfg = apply_recipe(cls(**overrides), name, overrides)
+        except ValueError as exc:
+            raise LCNetError(str(exc)) from exc
+        return dataclasses.replace(cfg, recipe=name)
+
     def model_config(self) -> LCNetConfig:
         return LCNetConfig(
-            widths=tuple(self.widths), kernel_size=self.kernel_size, lc_backend=self.lc_backend
+            widths=tuple(self.widths),
+            kernel_size=self.kernel_size,
+            lc_backend=self.lc_backend,
+            init=self.init,
+            lc_logits=self.lc_logits,
         )
 
 
@@ -272,12 +310,9 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002 (seeds the global generator for user code)
     random.seed(cfg.seed)
-    model = _model(cfg, ckpt, out / "last.pt").to(device)
+    model = _model(cfg, ckpt, out / "last.pt").to(device, memory_format=_memory_format(cfg))
     loss_fn = _loss(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma
-    )
+    optimizer, scheduler = _optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state, rng_state = _State(), None
     if ckpt is not None:
@@ -296,6 +331,8 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     total_steps = cfg.epochs * plan.steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    if cfg.schedule == "cosine":  # a factor per step; the scheduler's state is its step count
+        _set_cosine(scheduler, cfg.warmup_steps, total_steps)
 
     # ---- from here on rank 0 writes into the run folder ----
     ddp.barrier()
@@ -374,6 +411,48 @@ def _model(cfg: TrainConfig, ckpt: Mapping[str, Any] | None, path: Path) -> LCNe
     return model
 
 
+def _memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def _optimizer(
+    cfg: TrainConfig, model: LCNet
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam (the paper) or AdamW, and the schedule: StepLR over epochs (the paper) or a
+    per-step LambdaLR (warm-up + cosine) whose factor is set once the run length is known."""
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _CosineFactor(cfg.warmup_steps, 1)
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma
+        )
+    return optimizer, scheduler
+
+
+class _CosineFactor:
+    """Picklable learning-rate factor of step i (warm-up, then cosine to 0 at total_steps)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        return cosine_factor(step, self.warmup_steps, self.total_steps)
+
+
+def _set_cosine(scheduler: Any, warmup_steps: int, total_steps: int) -> None:
+    scheduler.lr_lambdas = [_CosineFactor(warmup_steps, total_steps)] * len(scheduler.lr_lambdas)
+    for group, base, fn in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * fn(scheduler.last_epoch)
+
+
 def _loss(cfg: TrainConfig) -> DeblurLoss:
     try:
         return DeblurLoss(content_weight=cfg.content_weight, vgg_weights=cfg.vgg_weights)
@@ -439,15 +518,16 @@ def _loop(run: _Run, s: _State, batches: Iterator[Any]) -> TrainResult:
                 if batch is None:  # Ctrl-C also reached the data workers
                     interrupted = True
                     break
-                blur, sharp = (t.to(run.device, non_blocking=True) for t in batch)
-                loss = _train_step(
-                    run.net, run.loss_fn, run.optimizer, run.scaler, blur, sharp, run.amp
+                blur, sharp = (
+                    t.to(run.device, non_blocking=True, memory_format=_memory_format(cfg))
+                    for t in batch
                 )
+                loss, grad_norm = _train_step(run, s, blur, sharp)
                 _advance(run, s)
-                window.add(loss)
+                window.add(loss, grad_norm)
                 progress.update()
                 if s.step % cfg.log_every == 0 or s.step == run.total_steps:
-                    _log(run, s, window, progress)
+                    _log(run, s, window, progress, blur[:1])
                 if cfg.val_every and s.step % cfg.val_every == 0:
                     _validate(run, s)
                 if s.step % cfg.save_every == 0 and s.step < run.total_steps:
@@ -467,29 +547,45 @@ def _loop(run: _Run, s: _State, batches: Iterator[Any]) -> TrainResult:
 
 
 def _train_step(
-    model: torch.nn.Module,
-    loss_fn: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    blur: torch.Tensor,
-    sharp: torch.Tensor,
-    amp: bool,
-) -> torch.Tensor:
-    """One optimiser step; returns the (detached) loss of this rank's share of the batch."""
-    with torch.autocast(device_type=blur.device.type, dtype=torch.float16, enabled=amp):
-        loss = loss_fn(model(blur), sharp)
+    run: _Run, s: _State, blur: torch.Tensor, sharp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the (detached) loss of this rank's share of the batch and
+    the gradients' global norm before clipping.
+
+    A non-finite loss stops the run before it touches the weights (docs/DESIGN.md, 'Training
+    recipe'): every rank sees its own loss, and the error says what to change.
+    """
+    optimizer, scaler = run.optimizer, run.scaler
+    with torch.autocast(device_type=blur.device.type, dtype=torch.float16, enabled=run.amp):
+        loss = run.loss_fn(run.net(blur), sharp)
+    if not bool(torch.isfinite(loss)):
+        raise _Diverged(
+            divergence_message(
+                s.step + 1, float(loss.detach()), optimizer.param_groups[0]["lr"], run.cfg.recipe
+            )
+        )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # no-op without amp; clipping needs the true gradients
+    max_norm = run.cfg.clip_grad_norm if run.cfg.clip_grad_norm > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return loss.detach(), grad_norm.detach()
+
+
+class _Diverged(LCNetError):
+    """The training loss is NaN or infinite: the run stops with one line (exit 2)."""
 
 
 def _advance(run: _Run, s: _State) -> None:
     s.step, s.step_in_epoch = s.step + 1, s.step_in_epoch + 1
+    if run.cfg.schedule == "cosine":
+        run.scheduler.step()  # a factor per step
     if s.step_in_epoch == run.plan.steps_per_epoch:
         s.epoch, s.step_in_epoch = s.epoch + 1, 0
-        run.scheduler.step()  # StepLR counts epochs
+        if run.cfg.schedule == "step":
+            run.scheduler.step()  # StepLR counts epochs
 
 
 def _next_batch(batches: Iterator[Any], stop: StopFlag) -> Any:
@@ -519,27 +615,37 @@ def _stop_requested(stop: StopFlag, ddp: Dist, step: int) -> bool:
 
 
 class _LossWindow:
-    """Sum of the losses since the last log line, kept on the device (no sync per step)."""
+    """Sum of the losses and largest gradient norm since the last log line, kept on the
+    device (no sync per step)."""
 
     def __init__(self, device: torch.device) -> None:
         self.total, self.steps, self.start = torch.zeros((), device=device), 0, time.perf_counter()
+        self.grad_norm = torch.zeros((), device=device)
 
-    def add(self, loss: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.total += loss
+        torch.maximum(self.grad_norm, grad_norm.to(self.grad_norm.dtype), out=self.grad_norm)
         self.steps += 1
 
     def reset(self) -> None:
         self.total.zero_()
+        self.grad_norm.zero_()
         self.steps, self.start = 0, time.perf_counter()
 
 
-def _log(run: _Run, s: _State, window: _LossWindow, progress: Progress) -> None:
+def _log(
+    run: _Run, s: _State, window: _LossWindow, progress: Progress, probe: torch.Tensor
+) -> None:
+    """One metrics line: mean loss, largest gradient norm and the LCBlocks' largest logits
+    (on ``probe``, one training crop) since the last line, learning rate, images/s."""
     if run.ddp.enabled:
         dist.all_reduce(window.total)
         window.total /= run.ddp.world_size
     s.last_loss = window.total.item() / window.steps
     elapsed = time.perf_counter() - window.start
     images_per_s = window.steps * run.cfg.batch_size / max(elapsed, 1e-9)
+    grad_norm = float(window.grad_norm)
+    logits = [round(v, 3) for v in run.model.lc_logit_bounds(probe)]
     lr = run.optimizer.param_groups[0]["lr"]
     progress.report(
         s.step,
@@ -549,7 +655,8 @@ def _log(run: _Run, s: _State, window: _LossWindow, progress: Progress) -> None:
         img_s=f"{images_per_s:.1f}",
     )
     record = {"kind": "train", "step": s.step, "epoch": s.epoch, "loss": s.last_loss}
-    record.update(lr=lr, images_per_s=images_per_s, time=time.time())
+    record.update(lr=lr, images_per_s=images_per_s, grad_norm_max=grad_norm)
+    record.update(lc_logit_max=logits, time=time.time())
     run.metrics.write(record)
     window.reset()
 

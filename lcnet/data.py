@@ -54,6 +54,9 @@ CACHE_ENV = "LCNET_CACHE"
 #: Sub-folder of the cache that holds the embedded default set; the suffix is bumped with
 #: ``lcnet.synth.FORMAT_VERSION`` so an old set is never mistaken for a new one.
 DEFAULT_DATASET_NAME = "synthetic-gopro-v2"
+#: Decoded pairs a GoproDataset keeps in memory, per process (the bundled set needs ~60 MB;
+#: GOPRO's 2103 training pairs ~11 GB, so only part of it is cached).
+DEFAULT_CACHE_BYTES = 1 << 30
 UINT8_MAX = 255
 RGB = 3
 
@@ -75,6 +78,11 @@ class GoproDataset(Dataset):
     The draw for item ``index`` comes from ``np.random.default_rng([seed, epoch, index])``
     only, so it does not depend on the order items are fetched, the number of workers or a
     resume; :meth:`set_epoch` selects the epoch.
+
+    Decoded pairs are kept in memory (per process, so once per DataLoader worker) up to
+    ``cache_bytes`` (default :data:`DEFAULT_CACHE_BYTES`; 0 disables the cache): a small set
+    such as the bundled one is decoded once instead of once per crop. Pairs beyond the budget
+    are decoded on every use, as before.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class GoproDataset(Dataset):
         patch_size: int | None = 200,
         augment: bool = True,
         seed: int = 0,
+        cache_bytes: int | None = None,
     ) -> None:
         if patch_size is not None and (not isinstance(patch_size, int) or patch_size < 1):
             raise ValueError(f"patch_size: expected a positive integer or None, got {patch_size!r}")
@@ -98,6 +107,26 @@ class GoproDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.pairs = list_pairs(self.root, split, blur_dir)
+        self.cache_bytes = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
+        if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
+            raise ValueError(f"cache_bytes: expected an integer >= 0, got {cache_bytes!r}")
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
+
+    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pair's uint8 images, from the cache when they are in it."""
+        hit = self._cache.get(index)
+        if hit is not None:
+            return hit
+        pair = self.pairs[index]
+        blur, sharp = read_image(pair.blur), read_image(pair.sharp)
+        size = blur.nbytes + sharp.nbytes
+        if self._cached_bytes + size <= self.cache_bytes:
+            blur.setflags(write=False)  # crops and flips are views: keep the cache intact
+            sharp.setflags(write=False)
+            self._cache[index] = (blur, sharp)
+            self._cached_bytes += size
+        return blur, sharp
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws :meth:`__getitem__` uses."""
@@ -120,7 +149,7 @@ class GoproDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._check_index(index)
         pair = self.pairs[index]
-        blur, sharp = read_image(pair.blur), read_image(pair.sharp)
+        blur, sharp = self._decoded(index)
         if blur.shape != sharp.shape:
             raise ValueError(
                 f"pair {pair.name}: blurry image {pair.blur} is {blur.shape[1]}x{blur.shape[0]} "

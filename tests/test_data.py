@@ -370,3 +370,36 @@ def test_ensure_default_dataset_lost_race(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(synth, "make_synthetic_gopro", build_then_lose)
     root = tmp_path / "set"
     assert ensure_default_dataset(root, **TINY_DEFAULT) == root
+
+
+# --------------------------------------------------------------------------- decoded cache
+def test_dataset_decodes_each_pair_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    root = _make_tree(tmp_path)
+    calls: list[Path] = []
+    real = data.read_image
+
+    def counting(path: Path) -> np.ndarray:
+        calls.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(data, "read_image", counting)
+    dataset = GoproDataset(root, patch_size=PATCH, seed=1)
+    first = [dataset[i] for i in range(len(dataset))]
+    for epoch in range(1, 4):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            dataset[i]
+    assert len(calls) == 2 * len(dataset)  # blur + sharp, once each
+    dataset.set_epoch(0)
+    for i, (blur, sharp) in enumerate(first):  # the cache was not modified by the crops
+        again = dataset[i]
+        assert torch.equal(again[0], blur) and torch.equal(again[1], sharp)
+
+    calls.clear()
+    uncached = GoproDataset(root, patch_size=PATCH, seed=1, cache_bytes=0)
+    for _ in range(2):
+        for i in range(len(uncached)):
+            uncached[i]
+    assert len(calls) == 2 * 2 * len(uncached)
+    with pytest.raises(ValueError, match="cache_bytes: expected an integer >= 0, got -1"):
+        GoproDataset(root, cache_bytes=-1)

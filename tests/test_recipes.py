@@ -228,7 +228,7 @@ def test_eval_runs_in_channels_last(tiny_run: Path, tiny_gopro: Path) -> None:
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not non_finite_parameters(model)
-    image = np.asarray(PIL.Image.open(next((tiny_gopro / "test").rglob("blur/*.png"))))
+    image = np.array(PIL.Image.open(next((tiny_gopro / "test").rglob("blur/*.png"))))
     out, _ = run_timed(model, image, torch.device("cpu"), None)
     nchw = model.to(memory_format=torch.contiguous_format)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255

@@ -183,6 +183,12 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         help="weight of the VGG-19 content loss (0: L1 only, no VGG weights needed)",
     )
     optim.add_argument(
+        "--frequency-weight",
+        type=nonnegative_float,
+        default=default(d.frequency_weight),
+        help="weight of a frequency-domain L1 term (MIMO-UNet; 0: the paper's loss)",
+    )
+    optim.add_argument(
         "--vgg-weights",
         metavar="PATH",
         default=default(d.vgg_weights),

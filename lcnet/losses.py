@@ -161,6 +161,10 @@ class DeblurLoss(nn.Module):
         content_weight: lambda >= 0 (0.1 in the paper).
         vgg_weights: path of the VGG-19 state dict; None: torchvision's cache file.
         vgg_layer: last VGG-19 layer used (see :func:`load_vgg19_features`).
+        frequency_weight: weight >= 0 of a frequency-domain L1 term (not in the paper; MIMO-UNet,
+            Cho et al. 2021): mean |Re| + |Im| of ``rfft2(pred) - rfft2(target)``. It rewards
+            restoring high frequencies, which the pixel L1 weighs little; 0 (the default)
+            leaves it out, and ``terms`` then has no ``"frequency"`` key.
     """
 
     def __init__(
@@ -168,8 +172,20 @@ class DeblurLoss(nn.Module):
         content_weight: float = DEFAULT_CONTENT_WEIGHT,
         vgg_weights: str | os.PathLike[str] | None = None,
         vgg_layer: str = DEFAULT_VGG_LAYER,
+        frequency_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if (
+            isinstance(frequency_weight, bool)
+            or not isinstance(frequency_weight, numbers.Real)
+            or not math.isfinite(frequency_weight)
+            or frequency_weight < 0
+        ):
+            raise ValueError(
+                f"DeblurLoss: expected frequency_weight to be finite and >= 0, "
+                f"got {frequency_weight!r}"
+            )
+        self.frequency_weight = float(frequency_weight)
         if isinstance(content_weight, bool) or not isinstance(content_weight, numbers.Real):
             raise ValueError(
                 f"DeblurLoss: expected content_weight to be a float, got {content_weight!r}"
@@ -217,7 +233,14 @@ class DeblurLoss(nn.Module):
             with torch.no_grad():
                 target_features = self._features(target)
             content = CONTENT_LOSS_FACTOR * F.mse_loss(self._features(pred), target_features)
-        return {"l1": l1, "content": content, "total": l1 + self.content_weight * content}
+        total = l1 + self.content_weight * content
+        terms = {"l1": l1, "content": content}
+        if self.frequency_weight > 0:
+            diff = torch.fft.rfft2(pred.float()) - torch.fft.rfft2(target.float())
+            terms["frequency"] = (diff.real.abs() + diff.imag.abs()).mean()
+            total = total + self.frequency_weight * terms["frequency"]
+        terms["total"] = total
+        return terms
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         terms = self.terms(pred, target)
@@ -225,4 +248,5 @@ class DeblurLoss(nn.Module):
         return terms["total"]
 
     def extra_repr(self) -> str:
-        return f"content_weight={self.content_weight}, vgg_layer={self.vgg_layer!r}"
+        extra = f", frequency_weight={self.frequency_weight}" if self.frequency_weight else ""
+        return f"content_weight={self.content_weight}, vgg_layer={self.vgg_layer!r}{extra}"

@@ -36,6 +36,7 @@ RECIPES: Mapping[str, Mapping[str, Any]] = {
         "warmup_steps": 0,
         "clip_grad_norm": 0.0,
         "content_weight": 0.1,
+        "frequency_weight": 0.0,
         "init": "xavier",
         "lc_logits": "dot",
     },
@@ -50,7 +51,8 @@ RECIPES: Mapping[str, Mapping[str, Any]] = {
         "schedule": "cosine",
         "warmup_steps": 100,
         "clip_grad_norm": 1.0,
-        "content_weight": 0.0,  # L1 only: VGG-19 weights cannot be downloaded offline
+        "content_weight": 0.0,  # no VGG-19: its weights cannot be downloaded offline
+        "frequency_weight": 0.1,
         "init": "identity",
         "lc_logits": "dot",
         "val_every": 400,

@@ -120,6 +120,7 @@ class TrainConfig:
     schedule: str = "step"  # step: lr * lr_gamma every lr_step_epochs; cosine: per step
     warmup_steps: int = 0  # linear warm-up steps of the cosine schedule
     clip_grad_norm: float = 0.0  # clip the gradients' global norm to this; 0: no clipping
+    frequency_weight: float = 0.0  # weight of the FFT L1 term (MIMO-UNet); 0: the paper's loss
     init: str = "xavier"  # xavier (paper) | identity (zero residual branches, docs/DESIGN.md)
     lc_logits: str = "dot"  # dot (paper) | cosine (bounded, learned temperature)
     channels_last: bool = True  # model and batches in channels_last (same results, faster)
@@ -138,7 +139,7 @@ class TrainConfig:
         check_int("--workers", self.workers, 0, optional=True)
         for name in ("val_every", "seed", "warmup_steps"):
             check_int(flag(name), getattr(self, name), 0)
-        for name in ("weight_decay", "clip_grad_norm"):
+        for name in ("weight_decay", "clip_grad_norm", "frequency_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise LCNetError(f"{flag(name)} must be a number >= 0, got {value!r}")
@@ -455,7 +456,11 @@ def _set_cosine(scheduler: Any, warmup_steps: int, total_steps: int) -> None:
 
 def _loss(cfg: TrainConfig) -> DeblurLoss:
     try:
-        return DeblurLoss(content_weight=cfg.content_weight, vgg_weights=cfg.vgg_weights)
+        return DeblurLoss(
+            content_weight=cfg.content_weight,
+            vgg_weights=cfg.vgg_weights,
+            frequency_weight=cfg.frequency_weight,
+        )
     except VGGWeightsNotFoundError as exc:
         raise LCNetError(str(exc)) from exc
     except ValueError as exc:  # a file that is not VGG-19 weights

@@ -233,3 +233,19 @@ def test_not_a_vgg_state_dict(tmp_path: Path) -> None:
 def test_argument_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DeblurLoss(**kwargs)
+
+
+def test_frequency_term() -> None:
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 3, 16, 20), torch.rand(2, 3, 16, 20)
+    plain = DeblurLoss(content_weight=0.0)
+    freq = DeblurLoss(content_weight=0.0, frequency_weight=0.5)
+    assert "frequency" not in plain.terms(pred, target)
+    terms = freq.terms(pred, target)
+    diff = torch.fft.rfft2(pred) - torch.fft.rfft2(target)
+    expected = (diff.real.abs() + diff.imag.abs()).mean()
+    torch.testing.assert_close(terms["frequency"], expected)
+    torch.testing.assert_close(terms["total"], terms["l1"] + 0.5 * expected)
+    assert freq(target, target).item() == 0.0
+    with pytest.raises(ValueError, match="frequency_weight to be finite and >= 0, got -1"):
+        DeblurLoss(content_weight=0.0, frequency_weight=-1)

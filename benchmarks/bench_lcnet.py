@@ -50,6 +50,8 @@ INFER_H, INFER_W = 720, 1280
 class _Copy(torch.nn.Module):
     """Stands in for the local-correlation op: returns a copy of the content features."""
 
+    backend, scale = "copy", 1.0
+
     def forward(self, pattern: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         return content.clone()
 

@@ -42,20 +42,20 @@ RECIPES: Mapping[str, Mapping[str, Any]] = {
     },
     "quick": {
         "epochs": 1_000_000,  # --max-steps ends the run
-        "max_steps": 2400,
+        "max_steps": 1200,
         "batch_size": 8,
         "patch_size": 96,
         "lr": 1e-3,
-        "optimizer": "adamw",
-        "weight_decay": 1e-4,
+        "optimizer": "adam",  # AdamW's decay was not measured to help in minutes
+        "weight_decay": 0.0,
         "schedule": "cosine",
         "warmup_steps": 100,
-        "clip_grad_norm": 1.0,
+        "clip_grad_norm": 1.0,  # a guard: healthy runs stay below 0.3
         "content_weight": 0.0,  # no VGG-19: its weights cannot be downloaded offline
         "frequency_weight": 0.1,
         "init": "identity",
         "lc_logits": "dot",
-        "val_every": 400,
+        "val_every": 200,
         "val_images": 4,
         "log_every": 50,
     },

@@ -11,7 +11,7 @@ bash scripts/setup_env.sh
 source "${LCBLOCK_VENV:-.venv}/bin/activate"
 
 RUN="runs/demo-$(date +%Y%m%d-%H%M%S)"
-# --recipe quick: AdamW, warm-up + cosine, gradient clipping, identity init, L1 + FFT loss,
+# --recipe quick: warm-up + cosine, gradient clipping, identity init, L1 + FFT loss,
 # batch 8 of 96x96 crops, its own number of steps (README, "departs from the paper").
 lcnet train --recipe quick --out "$RUN" "$@"
 lcnet eval --checkpoint "$RUN/last.pt" --out "$RUN/results.json" --save-images "$RUN/images"

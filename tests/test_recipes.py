@@ -55,7 +55,7 @@ def test_apply_recipe_keeps_explicit_values() -> None:
     quick = apply_recipe(cfg, "quick", {"lr"})
     assert quick.lr == 5e-4  # given explicitly
     assert quick.patch_size == RECIPES["quick"]["patch_size"]  # not given: the recipe's
-    assert quick.optimizer == "adamw" and quick.schedule == "cosine" and quick.init == "identity"
+    assert quick.schedule == "cosine" and quick.init == "identity"
     with pytest.raises(ValueError, match="--recipe must be one of .* got 'fast'"):
         apply_recipe(cfg, "fast", None)
 
@@ -85,7 +85,7 @@ def test_cli_recipe_quick_with_overrides(tiny_gopro: Path, tmp_path: Path) -> No
     assert cfg["lr"] == 5e-4 and cfg["max_steps"] == 6 and cfg["warmup_steps"] == 2
     assert cfg["batch_size"] == 2 and cfg["patch_size"] == 32 and cfg["log_every"] == 1
     # ...the recipe sets the rest.
-    assert cfg["recipe"] == "quick" and cfg["optimizer"] == "adamw"
+    assert cfg["recipe"] == "quick" and cfg["frequency_weight"] == 0.1
     assert cfg["schedule"] == "cosine" and cfg["init"] == "identity"
     assert cfg["clip_grad_norm"] == RECIPES["quick"]["clip_grad_norm"]
     lrs = [r["lr"] for r in _records(run) if r["kind"] == "train"]

@@ -131,8 +131,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         choices=tuple(RECIPES),
         default=default(d.recipe),
         help="paper: the paper's schedule (the defaults below); quick: minutes on a CPU "
-        "(warm-up + cosine, clipping, identity init, L1 + FFT loss, its own --max-steps). Flags given "
-        "explicitly override the recipe's values",
+        "(warm-up + cosine, clipping, identity init, L1 + FFT loss, its own --max-steps). "
+        "Flags given explicitly override the recipe's values",
     )
     optim.add_argument("--epochs", type=positive_int, default=default(d.epochs))
     optim.add_argument(

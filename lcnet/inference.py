@@ -134,7 +134,7 @@ def _synchronize(device: torch.device) -> None:
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 H×W×3 -> float 1×3×H×W in [0, 1] on ``device``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # writable copy
     tensor = tensor.unsqueeze(0).to(device).float().div_(255)
     return tensor.contiguous(memory_format=torch.channels_last)
 

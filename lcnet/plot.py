@@ -63,12 +63,12 @@ def _series(records: Sequence[dict], kind: str, key: str) -> list[tuple[float, f
     return points
 
 
-def _nice(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.1e}"
-    return f"{value:.3g}"
+def _label(value: float, spacing: float) -> str:
+    """A tick label with as many decimals as the tick spacing needs."""
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    decimals = max(0, 1 - math.floor(math.log(spacing, 10))) if spacing > 0 else 3
+    return f"{value:.{min(decimals, 6)}f}"
 
 
 def _panel(
@@ -106,8 +106,9 @@ def _panel(
         v = lo + (hi - lo) * i / TICKS
         _, py = to_px(x0, v)
         draw.line((left, py, right, py), fill=GRID)
-        label = _nice(10**v if log_y else v)
-        draw.text((4, py - 6), label, fill=AXIS, font=font)
+        value = 10**v if log_y else v
+        spacing = abs(value - (10 ** (v - (hi - lo) / TICKS) if log_y else v - (hi - lo) / TICKS))
+        draw.text((4, py - 6), _label(value, spacing), fill=AXIS, font=font)
     for i in range(TICKS + 1):
         s = x0 + (x1 - x0) * i / TICKS
         px, _ = to_px(s, lo)

@@ -1,6 +1,10 @@
 """A synthetic GOPRO-layout deblurring set made from the colour photographs bundled with
 scikit-image, blurred the way GOPRO was made.
 
+Two generator versions (``version``): 2 (the default, ``synthetic-gopro-v2``) draws dead-leaves
+scenes and photographs at several scales with moving objects over a moving camera
+(:mod:`lcnet.scenes`); 1 (``synthetic-gopro-v1``, described below) is kept byte for byte.
+
 GOPRO (Nah et al., 2017) averaged 7-13 consecutive 240 fps frames of a hand-held camera and
 kept the middle frame as the sharp target. Here each pair simulates such a burst: a random
 camera trajectory (a drifting path whose heading wanders, i.e. shake plus drift, and a little

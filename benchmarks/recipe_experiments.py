@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--lc-logits", choices=("dot", "cosine"), default="dot")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--loss", choices=("l1", "charbonnier", "l2", "l1fft"), default="l1")
+    ap.add_argument("--fft-weight", type=float, default=0.1, help="weight of l1fft's FFT term")
     ap.add_argument("--channels-last", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0)
@@ -175,9 +176,10 @@ def main() -> None:
             return torch.sqrt((pred - target) ** 2 + 1e-6).mean()
         if args.loss == "l2":
             return (pred - target).pow(2).mean()
-        if args.loss == "l1fft":  # MIMO-UNet's frequency loss, weight 0.1
+        if args.loss == "l1fft":  # MIMO-UNet's frequency loss
             diff = torch.fft.rfft2(pred.float()) - torch.fft.rfft2(target.float())
-            return loss_fn(pred, target) + 0.1 * (diff.real.abs() + diff.imag.abs()).mean()
+            fft = (diff.real.abs() + diff.imag.abs()).mean()
+            return loss_fn(pred, target) + args.fft_weight * fft
         return loss_fn(pred, target)
 
     log: list[dict] = []

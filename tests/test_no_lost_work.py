@@ -101,7 +101,7 @@ def _train_until(
         loss = real_step(*args, **kwargs)
         calls.append(1)
         if len(calls) == steps:
-            then(args[0])
+            then(args[0].model)  # _train_step(run, state, blur, sharp)
         return loss
 
     monkeypatch.setattr(lcnet.train, "_train_step", step)

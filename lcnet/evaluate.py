@@ -18,8 +18,8 @@ import torch
 
 from .errors import LCNetError
 from .inference import check_tile, load_model, read_user_image, resolve_overlap, run_timed
-from .io import list_pairs, write_json, write_png
-from .metrics import psnr, ssim
+from .io import check_output_folder, list_pairs, write_json, write_png
+from .metrics import SSIM_MIN_SIZE, psnr, ssim
 from .runtime import data_root, describe_device, resolve_device
 
 __all__ = [
@@ -72,6 +72,11 @@ def evaluate_pairs(
             raise LCNetError(
                 f"{pair.blur} is {blur.shape[1]}x{blur.shape[0]} but {pair.sharp} is "
                 f"{sharp.shape[1]}x{sharp.shape[0]}"
+            )
+        if min(blur.shape[:2]) < SSIM_MIN_SIZE:
+            raise LCNetError(
+                f"{pair.blur} is {blur.shape[1]}x{blur.shape[0]}: SSIM needs images of at least "
+                f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels (its Gaussian window)"
             )
         if warmup and index == 0:  # first calls pay for allocation and kernel selection
             for _ in range(WARMUP_RUNS):
@@ -134,14 +139,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise LCNetError(f"--limit must be a positive integer, got {cfg.limit}")
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
+        check_output_folder(out.parent, "--out")
         if out.is_dir():
             raise LCNetError(f"--out {out} is a folder; give the path of a .json file")
         if out.exists() and not cfg.overwrite:
             raise LCNetError(f"--out {out} already exists; pass --overwrite to replace it")
     save_dir = Path(cfg.save_images) if cfg.save_images else None
     if save_dir is not None:
-        if save_dir.exists() and not save_dir.is_dir():
-            raise LCNetError(f"--save-images {save_dir} exists and is not a folder")
+        check_output_folder(save_dir, "--save-images")
         if save_dir.is_dir() and any(save_dir.iterdir()) and not cfg.overwrite:
             raise LCNetError(
                 f"--save-images {save_dir} already exists and is not empty; "

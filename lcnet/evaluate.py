@@ -44,7 +44,7 @@ PAPER_ROWS: tuple[tuple[str, float, float, float | None, str], ...] = (
 PAPER_NOTE = (
     "Paper rows: GOPRO test set (1111 pairs, 1280x720), SSIM from MATLAB, GTX 1080 Ti.\n"
     "SSIM (MATLAB 3-D): MATLAB's ssim on the RGB volume, the paper's convention: compare these.\n"
-    "SSIM (skimage): scikit-image, per channel, averaged (about 0.01-0.02 lower)."
+    "SSIM (skimage): scikit-image, per channel, averaged (lower: by 0.01-0.02 on good results)."
 )
 #: What each SSIM key of results.json means (docs/DESIGN.md, "Metric conventions").
 SSIM_VARIANTS = {

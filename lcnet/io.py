@@ -201,7 +201,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {error}") from error
     if array.size == 0:
         raise ImageReadError(f"image {path}: it has no pixels ({array.shape})")
-    return np.ascontiguousarray(array)
+    return np.array(array, order="C")  # a writable copy (Pillow's buffer is read-only)
 
 
 def _wide_grey_to_uint8(grey: np.ndarray, mode: str) -> np.ndarray:

@@ -59,6 +59,8 @@ def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple
         return [(0, size)]
     stride = max(align, (tile - overlap) // align * align)
     last = (size - tile) // align * align
+    if last == 0:  # longer than the tile by less than the grid step: one tile
+        return [(0, size)]
     count = math.ceil(last / stride) + 1  # fewest tiles whose starts are <= stride apart
     # Evenly spread, rounded down to the grid: consecutive starts stay <= stride apart.
     starts = [i * last // (count - 1) // align * align for i in range(count)]

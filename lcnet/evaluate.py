@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import LCNetError
+from .errors import LCNetError, check_int
 from .inference import check_tile, load_model, read_user_image, resolve_overlap, run_timed
 from .io import check_output_folder, list_pairs, write_json, write_png
 from .metrics import SSIM_MIN_SIZE, psnr, ssim, ssim_matlab
@@ -146,8 +146,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     Returns ``{"summary": {...}, "images": [{...}, ...]}`` (the results.json content).
     """
     check_tile(cfg.tile, cfg.tile_overlap)
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise LCNetError(f"--limit must be a positive integer, got {cfg.limit}")
+    check_int("--limit", cfg.limit, 1, optional=True)
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
         check_output_folder(out.parent, "--out")

@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import plot, synth
@@ -393,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_synth(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LCNetError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise LCNetError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     try:
         return int(synth.run_synth(args) or 0)
     except (FileExistsError, ValueError) as exc:  # --out in the way, a bad count or size

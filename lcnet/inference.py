@@ -8,6 +8,7 @@ writes PNGs of the same size.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, non_finite_parameters
 from .errors import LCNetError, one_line
-from .io import IMAGE_SUFFIXES, read_image, write_png
+from .io import IMAGE_SUFFIXES, check_output_folder, is_hidden, read_image, write_png
 from .metrics import to_uint8
 from .model import LCNet
 from .runtime import check_backend, resolve_device
@@ -41,6 +42,8 @@ __all__ = [
     "tile_spans",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_OVERLAP = 32  # pixels shared by neighbouring tiles
 MIN_TILE = 16
 
@@ -56,6 +59,8 @@ def tile_spans(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple
         return [(0, size)]
     stride = max(align, (tile - overlap) // align * align)
     last = (size - tile) // align * align
+    if last == 0:  # longer than the tile by less than the grid step: one tile
+        return [(0, size)]
     count = math.ceil(last / stride) + 1  # fewest tiles whose starts are <= stride apart
     # Evenly spread, rounded down to the grid: consecutive starts stay <= stride apart.
     starts = [i * last // (count - 1) // align * align for i in range(count)]
@@ -210,13 +215,16 @@ class DeblurConfig:
 
 
 def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; folders expand to the images directly inside them (sorted)."""
+    """Files as given; folders expand to the images directly inside them (sorted), without
+    hidden files (dotfiles, macOS's ``._*`` resource forks)."""
     files: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p)
             )
             if not found:
                 raise LCNetError(f"{path}: no images in this folder ({' '.join(IMAGE_SUFFIXES)})")
@@ -231,11 +239,15 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def deblur_files(cfg: DeblurConfig) -> list[Path]:
-    """Deblur every input image into ``cfg.out/<stem>.png``; returns the written paths."""
+    """Deblur every input image into ``cfg.out/<stem>.png``; returns the written paths.
+
+    Everything that can be checked before the work is (flags, inputs, name clashes, existing
+    outputs, that --out can be written). An input that cannot be read does not stop the run:
+    the others are still deblurred, and at the end one :class:`LCNetError` counts the bad files,
+    each of which was logged as it was met.
+    """
     check_tile(cfg.tile, cfg.tile_overlap)
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise LCNetError(f"--out {out} exists and is not a folder")
+    out = check_output_folder(cfg.out, "--out")
     files = collect_inputs(cfg.inputs)
     targets: dict[Path, Path] = {}
     for path in files:
@@ -247,10 +259,21 @@ def deblur_files(cfg: DeblurConfig) -> list[Path]:
         targets[target] = path
     device = resolve_device(cfg.device)
     model, _ = load_model(cfg.checkpoint, device, cfg.lc_backend)
-    written = []
+    written, failed = [], []
     for target, path in targets.items():
-        image = read_user_image(path)
+        try:
+            image = read_user_image(path)
+        except LCNetError as exc:
+            log.error("skipped: %s", one_line(exc))
+            failed.append(path)
+            continue
         deblurred, _ = run_timed(model, image, device, cfg.tile, cfg.tile_overlap)
         write_png(target, deblurred)
         written.append(target)
+    if failed:
+        raise LCNetError(
+            f"{len(failed)} of {len(targets)} input(s) could not be read ({failed[0]}"
+            f"{', ...' if len(failed) > 1 else ''}; all listed above); the other "
+            f"{len(written)} were written to {out}"
+        )
     return written

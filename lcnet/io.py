@@ -12,6 +12,7 @@ fsync, ``os.replace``, so a crash leaves the previous file or the new one, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -22,6 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 import PIL.Image
+
+from .errors import LCNetError, one_line
 
 __all__ = [
     "BLUR_DIRS",
@@ -36,6 +39,7 @@ __all__ = [
     "atomic_write",
     "is_hidden",
     "list_pairs",
+    "check_output_folder",
     "read_image",
     "remove_stale_temp_files",
     "write_json",
@@ -56,6 +60,8 @@ MAX_COMPRESS_LEVEL = 9
 UINT8_MAX = 255
 UINT16_TO_UINT8 = 257  # 65535 / 255
 RGB = 3
+#: Files named in one error message at most.
+MAX_LISTED = 5
 
 
 class ImageReadError(ValueError):
@@ -127,6 +133,36 @@ def remove_stale_temp_files(folder: Path, names: Iterable[str]) -> list[Path]:
     return removed
 
 
+def check_output_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """Raise a one-line :class:`~lcnet.errors.LCNetError` naming ``what`` (the flag) unless
+    ``folder`` exists as a folder, or can be created, and files can be written there.
+
+    Nothing is created: the nearest existing ancestor must be a folder in which a file can be
+    created (a temporary one is made and removed), and the missing names must fit the file
+    system. Commands call this before any work, so that an unusable output place is reported
+    at once, not after the work.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not os.path.lexists(existing):  # False also for a name too long
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == folder else f" ({existing} is a file)"
+        raise LCNetError(f"{what} {folder}: not a folder{where}")
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        for part in folder.relative_to(existing).parts:
+            if len(os.fsencode(part)) > name_max:
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), part)
+        fd, probe = tempfile.mkstemp(prefix=".lcnet-write-test.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or one_line(exc)
+        raise LCNetError(f"{what} {folder}: cannot write there ({reason})") from exc
+    return folder
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, allow_nan=True) + "\n"
@@ -165,7 +201,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {error}") from error
     if array.size == 0:
         raise ImageReadError(f"image {path}: it has no pixels ({array.shape})")
-    return np.ascontiguousarray(array)
+    return np.array(array, order="C")  # a writable copy (Pillow's buffer is read-only)
 
 
 def _wide_grey_to_uint8(grey: np.ndarray, mode: str) -> np.ndarray:
@@ -209,6 +245,14 @@ def _check_choice(arg: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{arg}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def _images_in(folder: Path) -> set[str]:
+    return {
+        p.name
+        for p in folder.iterdir()
+        if p.suffix.lower() in PAIR_SUFFIXES and not is_hidden(p) and p.is_file()
+    }
+
+
 def list_pairs(
     root: str | os.PathLike, split: str = "train", blur_dir: str = "blur"
 ) -> list[ImagePair]:
@@ -216,7 +260,8 @@ def list_pairs(
 
     Raises ``ValueError`` for a bad ``split`` / ``blur_dir`` or when no pair is found, and
     ``FileNotFoundError`` naming the path when the root, the split folder, a sequence's
-    ``blur_dir`` or ``sharp`` folder, or a blurry image's sharp twin is missing.
+    ``blur_dir`` or ``sharp`` folder is missing, or naming every image without its twin
+    (blurry without sharp, sharp without blurry; the first MAX_LISTED).
     """
     _check_choice("split", split, SPLITS)
     _check_choice("blur_dir", blur_dir, BLUR_DIRS)
@@ -226,20 +271,29 @@ def list_pairs(
     split_dir = root / split
     if not split_dir.is_dir():
         raise FileNotFoundError(f"split folder {split_dir} does not exist (split={split!r})")
-    pairs = []
+    pairs, unpaired = [], []
     sequences = sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p))
     for sequence in sequences:
         blur_folder, sharp_folder = sequence / blur_dir, sequence / SHARP_DIR
         for folder in (blur_folder, sharp_folder):
             if not folder.is_dir():
                 raise FileNotFoundError(f"sequence {sequence} has no {folder.name}/ folder")
-        for blur in sorted(blur_folder.iterdir()):
-            if blur.suffix.lower() not in PAIR_SUFFIXES or is_hidden(blur):
-                continue
-            sharp = sharp_folder / blur.name
-            if not sharp.is_file():
-                raise FileNotFoundError(f"blurry image {blur} has no sharp twin {sharp}")
-            pairs.append(ImagePair(f"{sequence.name}/{blur.name}", blur, sharp))
+        blurs, sharps = _images_in(blur_folder), _images_in(sharp_folder)
+        for name in sorted(blurs - sharps):
+            unpaired.append(
+                f"blurry image {blur_folder / name} has no sharp twin {sharp_folder / name}"
+            )
+        for name in sorted(sharps - blurs):
+            unpaired.append(
+                f"sharp image {sharp_folder / name} has no blurry twin in {blur_folder}"
+            )
+        for name in sorted(blurs & sharps):
+            pairs.append(
+                ImagePair(f"{sequence.name}/{name}", blur_folder / name, sharp_folder / name)
+            )
+    if unpaired:
+        more = f" (and {len(unpaired) - MAX_LISTED} more)" if len(unpaired) > MAX_LISTED else ""
+        raise FileNotFoundError("; ".join(unpaired[:MAX_LISTED]) + more)
     if not pairs:
         raise ValueError(f"no image pairs found under {split_dir} (blur_dir={blur_dir!r})")
     return pairs

@@ -1,18 +1,24 @@
-"""Image quality metrics with the conventions of the project (DESIGN.md section 3).
+"""Image quality metrics with the conventions of the project (docs/DESIGN.md, "Metric
+conventions").
 
 - Images are compared as RGB ``uint8`` arrays of shape (H, W, 3). Network outputs (float, in
   [0, 1]) are first clamped to [0, 1], scaled by 255 and rounded (``torch.round``: half to
   even) to uint8 by :func:`to_uint8`, as saving them to PNG would.
 - PSNR: ``10 * log10(255**2 / MSE)`` over all pixels and channels of one image (peak 255);
   identical images give ``float('inf')``. Datasets report the mean over images.
-- SSIM: :func:`skimage.metrics.structural_similarity` with ``gaussian_weights=True,
-  sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1`` (Wang et al.'s
-  settings), i.e. the mean of the per-channel SSIM maps. Images need at least
-  ``SSIM_MIN_SIZE`` (11) pixels on each side (the Gaussian window).
+- SSIM, two conventions (docs/DESIGN.md, "Metric conventions"):
 
-The paper's SSIM (0.9204 on GOPRO) came from MATLAB's ``ssim`` on RGB arrays, which treats the
-image as a 3-D volume (a Gaussian filter across the channels too). That is a different
-quantity: our numbers are not directly comparable with the paper's SSIM column.
+  * :func:`ssim`: :func:`skimage.metrics.structural_similarity` with ``gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1`` (Wang et al.'s
+    settings), i.e. the mean of the per-channel SSIM maps, borders of 5 pixels cropped. Images
+    need at least ``SSIM_MIN_SIZE`` (11) pixels on each side (the Gaussian window).
+  * :func:`ssim_matlab`: what MATLAB's ``ssim(A, ref)`` gives for uint8 RGB arrays, the
+    convention of the paper's Table 1 (and of most deblurring papers of its time): the image
+    is one H x W x 3 volume filtered by an 11x11x11 Gaussian (sigma 1.5, normalised), with
+    replicated borders on all three axes (so each channel's statistics mix in the others),
+    C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, and the mean of the whole map (no crop). It is
+    0.01-0.02 higher than :func:`ssim` on deblurring results: compare the paper's SSIM column
+    with this one only.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "psnr",
     "psnr_tensor",
     "ssim",
+    "ssim_matlab",
     "ssim_tensor",
     "to_uint8",
 ]
@@ -38,6 +46,8 @@ RGB_CHANNELS = 3
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # skimage's Gaussian truncation; the window is 2 * r + 1 wide
 SSIM_MIN_SIZE = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1  # = 11
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al.'s constants: C = (K * data range)^2
+MATLAB_SSIM_RADIUS = math.ceil(3 * SSIM_SIGMA)  # MATLAB: 2 * ceil(3 sigma) + 1 = 11 taps
 
 
 def _check_image(name: str, image: object) -> np.ndarray:
@@ -93,6 +103,48 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
             channel_axis=-1,
         )
     )
+
+
+def _gaussian_taps(sigma: float, radius: int) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-(x * x) / (2 * sigma * sigma))
+    return taps / taps.sum()
+
+
+def _blur_3d(volume: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Separable filtering of an (H, W, C) array with ``taps`` along all three axes, borders
+    replicated, output of the input's shape (MATLAB's ``imfilter(..., 'replicate')``).
+
+    Along the short channel axis the filter is a C x C matrix: output channel c takes
+    ``taps[k]`` from channel clamp(c + k - radius) (the replicated border).
+    """
+    radius, channels = len(taps) // 2, volume.shape[-1]
+    source = np.clip(np.arange(channels)[:, None] + np.arange(-radius, radius + 1), 0, channels - 1)
+    mix = np.zeros((channels, channels))
+    for c in range(channels):
+        np.add.at(mix[c], source[c], taps)
+    volume = volume @ mix.T
+    for axis in (0, 1):
+        volume = ndimage.correlate1d(volume, taps, axis=axis, mode="nearest")
+    return volume
+
+
+def ssim_matlab(pred: np.ndarray, target: np.ndarray) -> float:
+    """SSIM of two uint8 (H, W, 3) RGB images as MATLAB's ``ssim`` computes it: the image as
+    one 3-D volume, 11x11x11 Gaussian window (sigma 1.5), replicated borders, the mean of the
+    whole map (see the module docstring). Any size works (the borders are replicated)."""
+    pred, target = _check_pair(pred, target)
+    taps = _gaussian_taps(SSIM_SIGMA, MATLAB_SSIM_RADIUS)
+    x, y = pred.astype(np.float64), target.astype(np.float64)
+    mu_x, mu_y = _blur_3d(x, taps), _blur_3d(y, taps)
+    var_x = _blur_3d(x * x, taps) - mu_x * mu_x
+    var_y = _blur_3d(y * y, taps) - mu_y * mu_y
+    cov = _blur_3d(x * y, taps) - mu_x * mu_y
+    c1 = (SSIM_K1 * MAX_PIXEL_VALUE) ** 2
+    c2 = (SSIM_K2 * MAX_PIXEL_VALUE) ** 2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return float(np.mean(num / den))
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

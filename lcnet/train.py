@@ -54,7 +54,13 @@ from .checkpoint import (
 from .data import GoproDataset
 from .errors import LCNetError, check_int, flag, one_line
 from .evaluate import evaluate_pairs
-from .io import GOPRO_LAYOUT, list_pairs, remove_stale_temp_files, write_json
+from .io import (
+    GOPRO_LAYOUT,
+    check_output_folder,
+    list_pairs,
+    remove_stale_temp_files,
+    write_json,
+)
 from .losses import DeblurLoss, VGGWeightsNotFoundError
 from .model import INITS, LC_LOGITS, LCNet, LCNetConfig
 from .progress import Progress
@@ -293,6 +299,7 @@ def _check_batch_split(batch_size: int, world_size: int) -> None:
 
 def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> TrainResult:
     # ---- checks that write nothing (all ranks make them, so all ranks fail alike) ----
+    check_output_folder(cfg.out, "--out")
     out = prepare_run_dir(Path(cfg.out), cfg.resume, cfg.overwrite)
     ckpt: dict[str, Any] | None = None
     if cfg.resume:

@@ -20,6 +20,7 @@ from lcnet.cli import main
 from lcnet.evaluate import STRIP_GAP
 from lcnet.inference import deblur_tensor, tile_spans
 from lcnet.io import read_image
+from lcnet.metrics import ssim, ssim_matlab, to_uint8
 from lcnet.model import LCNet, LCNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,11 +98,32 @@ def test_eval_writes_results_table_and_images(
         assert record["runtime_s"] > 0 and 0 <= record["ssim"] <= 1
     assert summary["psnr"] == pytest.approx(np.mean([r["psnr"] for r in results["images"]]))
 
+    for record in results["images"]:
+        name = Path(record["name"]).with_suffix(".png")
+        deblurred = read_image(images / "deblurred" / name)
+        sharp = read_image(tiny_gopro / "test" / record["name"].replace("/", "/sharp/"))
+        assert record["ssim_matlab"] == pytest.approx(ssim_matlab(deblurred, sharp), abs=1e-12)
+        assert record["ssim"] == pytest.approx(ssim(deblurred, sharp), abs=1e-12)
+    for key in ("ssim_matlab", "blurry_ssim_matlab"):
+        mean = np.mean([r[key] for r in results["images"]])
+        assert summary[key] == pytest.approx(mean)
+    assert "MATLAB" in summary["ssim_variants"]["ssim_matlab"]
+    assert "scikit-image" in summary["ssim_variants"]["ssim"]
+
     table = capsys.readouterr().out
+    lines = table.splitlines()
+    header = lines[0].split()
+    matlab_col = lines[0].index("SSIM (MATLAB 3-D)")
+    skimage_col = lines[0].index("SSIM (skimage)")
+    assert "PSNR" in header and matlab_col < skimage_col
+    paper = next(line for line in lines if line.startswith("LCNet (paper)"))
+    # The paper's 0.9204 (MATLAB) sits in the MATLAB column; its scikit-image cell is empty.
+    assert paper.index("0.9204") < skimage_col and paper[skimage_col:].split()[0] == "-"
     for row in ("Kim et al.", "Sun et al.", "Nah et al.", "LCNet (paper)", "Blurry input"):
         assert row in table
-    this_run = next(line for line in table.splitlines() if line.startswith("This run"))
-    assert f"{summary['psnr']:.2f}" in this_run and f"{summary['ssim']:.4f}" in this_run
+    this_run = next(line for line in lines if line.startswith("This run"))
+    assert f"{summary['psnr']:.2f}" in this_run and f"{summary['ssim_matlab']:.4f}" in this_run
+    assert f"{summary['ssim']:.4f}" in this_run
     assert "GTX 1080 Ti" in table and "MATLAB" in table
 
     for record in results["images"]:
@@ -223,11 +245,15 @@ def test_deblur_keeps_size_and_name(tiny_run: Path, tmp_path: Path) -> None:
     assert read_image(out / "grey.png").shape == (20, 31, 3)
     assert read_image(out / "single.png").shape == (17, 9, 3)
 
-    # Tiled: same size, and a tile covering the image gives the very same PNG.
+    # Tiled: --tile and --tile-overlap reach the tiled inference (37x53 in 32-px tiles is a
+    # real tiling, not the one-tile shortcut), and the result keeps the size.
     tiled = tmp_path / "tiled"
     args = ["deblur", str(inputs / "odd.png"), "--checkpoint", ckpt, "--out", str(tiled)]
-    assert main([*args, "--tile", "64"]) == 0
-    assert np.array_equal(read_image(tiled / "odd.png"), read_image(out / "odd.png"))
+    assert main([*args, "--tile", "32", "--tile-overlap", "12"]) == 0
+    net = model_from_checkpoint(load_checkpoint(ckpt), ckpt).eval()
+    x = torch.from_numpy(odd).permute(2, 0, 1)[None].float() / 255
+    expected = to_uint8(deblur_tensor(net, x, tile=32, overlap=12)[0])
+    assert np.array_equal(read_image(tiled / "odd.png"), expected)
     assert main([*args, "--tile", "16", "--overwrite"]) == 0
     assert read_image(tiled / "odd.png").shape == (37, 53, 3)
 
@@ -275,6 +301,8 @@ def test_deblur_errors(tiny_run: Path, tmp_path: Path, capsys: Any) -> None:
 def test_tile_spans_cover_the_image_on_the_network_grid() -> None:
     assert tile_spans(48, 64, 16) == [(0, 48)]
     assert tile_spans(100, 64, 16) == [(0, 64), (36, 100)]
+    # Longer than the tile by less than the grid step: one tile (was a ZeroDivisionError).
+    assert tile_spans(37, 32, 12, align=8) == [(0, 37)]
     assert tile_spans(203, 80, 40, align=2) == [
         (0, 80),
         (30, 110),
@@ -325,16 +353,38 @@ def test_tiles_blend_without_seams(net: torch.nn.Module) -> None:
     torch.manual_seed(1)
     x = torch.rand(1, 3, 150, 203)
     full = deblur_tensor(net.eval(), x)
+    calls: list[int] = []
+    hook = net.register_forward_pre_hook(lambda module, args: calls.append(1))
     tiled = deblur_tensor(net, x, tile=80, overlap=40)
+    hook.remove()
+    align = getattr(getattr(net, "config", None), "size_multiple", 1)
+    tiles = len(tile_spans(150, 80, 40, align)) * len(tile_spans(203, 80, 40, align))
+    assert len(calls) == tiles > 1  # the tiled path ran, not the one-tile shortcut
     assert tiled.shape == full.shape
     torch.testing.assert_close(tiled, full, atol=1e-5, rtol=0)
 
 
-def test_tiled_lcnet_keeps_shape_and_one_tile_is_exact(tiny_run: Path) -> None:
+def test_tiled_lcnet_runs_on_tiles_of_the_image_grid(tiny_run: Path) -> None:
     ckpt = load_checkpoint(tiny_run / "last.pt")
     net = model_from_checkpoint(ckpt, tiny_run / "last.pt").eval()
+    seen: list[tuple[int, ...]] = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     x = torch.rand(1, 3, 61, 83)
     full = deblur_tensor(net, x)
-    assert torch.equal(deblur_tensor(net, x, tile=96), full)  # one tile: the same computation
+    assert seen == [(61, 83)]
+
+    # A tile as large as the image: one call on the whole image (the documented shortcut).
+    seen.clear()
+    assert torch.equal(deblur_tensor(net, x, tile=96), full)
+    assert seen == [(61, 83)]
+
+    # Smaller tiles: one call per tile, each on the spans tile_spans gives (starts on the
+    # network's grid), and the blend covers the image.
+    seen.clear()
     tiled = deblur_tensor(net, x, tile=32)
+    align = net.config.size_multiple
+    rows, cols = tile_spans(61, 32, 8, align), tile_spans(83, 32, 8, align)
+    assert len(rows) > 1 and len(cols) > 1
+    assert seen == [(b - a, d - c) for a, b in rows for c, d in cols]
     assert tiled.shape == full.shape and torch.isfinite(tiled).all()
+    assert not torch.equal(tiled, full)  # really another computation near the seams

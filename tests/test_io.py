@@ -96,6 +96,12 @@ def test_16_bit_grey_and_rgb(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "rgb16.png"), rgb8)
 
 
+def test_read_image_gives_a_writable_array(tmp_path: Path) -> None:
+    # torch.from_numpy warns about (and cannot safely share) read-only arrays.
+    write_png(tmp_path / "a.png", _rgb())
+    assert read_image(tmp_path / "a.png").flags.writeable
+
+
 def test_not_an_image_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("hello")

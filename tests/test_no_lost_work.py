@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS
 
-import lcnet.data
 from lcnet.cli import main
+from lcnet.io import ImageReadError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,47 +92,53 @@ def _error_line(capsys: Any) -> str:
 def _train_until(
     monkeypatch: pytest.MonkeyPatch, steps: int, then: Any, data: Path, run: Path, *extra: str
 ) -> int:
-    """Train with ``then()`` called right after step ``steps``."""
+    """Train with ``then(model)`` called right after step ``steps``."""
     import lcnet.train
 
-    real_step, calls = lcnet.train._train_step, []
+    real_advance = lcnet.train._advance
 
-    def step(*args: Any, **kwargs: Any) -> torch.Tensor:
-        loss = real_step(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == steps:
-            then(args[0].model)  # _train_step(run, state, blur, sharp)
-        return loss
+    def advance(run_: Any, state: Any) -> None:
+        real_advance(run_, state)
+        if state.step == steps:
+            then(run_.model)
 
-    monkeypatch.setattr(lcnet.train, "_train_step", step)
+    monkeypatch.setattr(lcnet.train, "_advance", advance)
     args = ["train", "--data", str(data), "--out", str(run), *TINY_TRAIN_ARGS, *extra]
     try:
         return main(args)
     finally:
-        monkeypatch.setattr(lcnet.train, "_train_step", real_step)
+        monkeypatch.setattr(lcnet.train, "_advance", real_advance)
+
+
+def _images_become_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every training item fails as a corrupt file does (in this process: the
+    tiny runs load data without worker processes, and whatever the dataset caches)."""
+    import lcnet.batches
+
+    def unreadable(self: Any, key: Any) -> Any:
+        raise ImageReadError("cannot read image train/SEQ/blur/000001.png: truncated file")
+
+    monkeypatch.setattr(lcnet.batches.EpochItems, "__getitem__", unreadable)
 
 
 def test_error_saves_the_steps_done_and_resume_continues(
     tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    data, run = tmp_path / "data", tmp_path / "run"
-    subprocess.run(["cp", "-r", str(tiny_gopro), str(data)], check=True)
-    images = sorted((data / "train").glob("*/blur/*.png"))
-    good = {p: p.read_bytes() for p in images}
-    # Decoded pairs are cached in memory: read from disk every time, so the corruption shows.
-    monkeypatch.setattr(lcnet.data, "DEFAULT_CACHE_BYTES", 0)
-
-    def corrupt(model: Any) -> None:  # the images become unreadable after step 3
-        for p in images:
-            p.write_bytes(b"not a png")
-
-    code = _train_until(monkeypatch, 3, corrupt, data, run, "--max-steps", "50")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        code = _train_until(
+            patch,
+            3,
+            lambda model: _images_become_unreadable(patch),
+            tiny_gopro,
+            run,
+            "--max-steps",
+            "50",
+        )
     assert code == 2
     line = _error_line(capsys)
-    assert "saved step 3" in line and "--resume" in line, line
+    assert "cannot read image" in line and "saved step 3" in line and "--resume" in line, line
     assert _load(run / "last.pt")["step"] == 3
-    for p, content in good.items():
-        p.write_bytes(content)
     # The message's advice works as given: no --overwrite needed.
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "4"]) == 0
     assert _load(run / "last.pt")["step"] == 4
@@ -141,17 +147,15 @@ def test_error_saves_the_steps_done_and_resume_continues(
 def test_error_after_weights_became_non_finite_keeps_the_good_checkpoint(
     tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    data, run = tmp_path / "data", tmp_path / "run"
-    subprocess.run(["cp", "-r", str(tiny_gopro), str(data)], check=True)
+    run = tmp_path / "run"
 
-    def poison_and_corrupt(model: Any) -> None:
+    def poison_and_break(model: Any) -> None:
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
-        for p in (data / "train").glob("*/blur/*.png"):
-            p.write_bytes(b"not a png")
+        _images_become_unreadable(monkeypatch)
 
     code = _train_until(
-        monkeypatch, 3, poison_and_corrupt, data, run, "--max-steps", "50", "--save-every", "2"
+        monkeypatch, 3, poison_and_break, tiny_gopro, run, "--max-steps", "50", "--save-every", "2"
     )
     assert code == 2
     line = _error_line(capsys)

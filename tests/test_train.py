@@ -325,3 +325,26 @@ def test_load_checkpoint_rejects_random_bytes(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(1000))
     with pytest.raises(LCNetError, match="noise.pt is not an LCNet checkpoint"):
         load_checkpoint(path)
+
+
+def test_ranks_agree_on_a_stop_only_every_few_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under data parallelism the stop flag costs an all_reduce (a device sync under NCCL):
+    it runs every STOP_CHECK_EVERY steps, not every step, and still stops every rank."""
+    from lcnet.runtime import Dist, StopFlag
+
+    reduced: list[int] = []
+
+    def all_reduce(tensor: torch.Tensor, op: Any = None) -> None:
+        reduced.append(int(tensor.item()))
+        tensor.fill_(1)  # another rank asked to stop
+
+    monkeypatch.setattr(lcnet.train.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(lcnet.train.dist, "get_backend", lambda: "gloo")
+    ddp, stop = Dist(rank=0, world_size=2), StopFlag()
+    every = lcnet.train.STOP_CHECK_EVERY
+    assert every > 1
+    stops = [lcnet.train._stop_requested(stop, ddp, step) for step in range(1, 2 * every + 1)]
+    assert len(reduced) == 2  # steps `every` and 2 * `every`
+    assert stops == [step % every == 0 for step in range(1, 2 * every + 1)]
+    assert lcnet.train._stop_requested(stop, Dist(), 3) is False  # one process: no collective
+    assert len(reduced) == 2

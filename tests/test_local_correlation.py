@@ -163,7 +163,10 @@ def test_grad_out_and_out_in_any_layout(layout):
     y, lse = OPS.local_correlation_forward(x, c, 3, 1, 1.0)
     grad = torch.randn(c.shape, dtype=torch.float64)
     want = OPS.local_correlation_backward(grad, x, c, y.contiguous(), lse, 3, 1, 1.0)
-    for dy in (grad.contiguous(memory_format=torch.channels_last), grad.transpose(2, 3).contiguous().transpose(2, 3)):
+    for dy in (
+        grad.contiguous(memory_format=torch.channels_last),
+        grad.transpose(2, 3).contiguous().transpose(2, 3),
+    ):
         for out in (y.contiguous(), y.contiguous(memory_format=torch.channels_last)):
             got = OPS.local_correlation_backward(dy, x, c, out, lse, 3, 1, 1.0)
             for a, b in zip(want, got, strict=True):

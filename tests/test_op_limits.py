@@ -74,6 +74,7 @@ def test_first_order_gradients_with_create_graph_still_work():
         (2**31 + 1, 1, 6, 2, 11),
         (INT64_MAX, 1, 3, 3, 5),
         (3, INT64_MAX, 3, 3, 1),
+        (3, 2**62 + 2**61, 9, 9, 1),  # (3 // 2) * dilation still fits in int64: valid
         (5, 7, 0, 0, 1),  # an empty image
     ],
 )
@@ -139,7 +140,9 @@ def test_a_window_larger_than_the_image_gives_the_image_windows_result(shape, k,
             assert torch.equal(a, b)
     if k < 100:  # the unclamped reference is affordable: the same numbers
         torch.testing.assert_close(reference.local_correlation(x, c, k, d), want_y)
-    assert torch.equal(local_correlation(x, c, k, d), OPS.local_correlation_forward(x, c, k, d, 1.0)[0])
+    assert torch.equal(
+        local_correlation(x, c, k, d), OPS.local_correlation_forward(x, c, k, d, 1.0)[0]
+    )
 
 
 # ---- absurd arguments ----------------------------------------------------------------------
@@ -160,9 +163,9 @@ X, C = pair(1, 2, 2, 8, 8, dtype=torch.float32)
             r"got kernel_size=4611686018427387905, dilation=4",
         ),
         (
-            3,
+            5,
             2**62 + 2**61,
-            r"window extent .* got kernel_size=3, dilation=6917529027641081856",
+            r"window extent .* got kernel_size=5, dilation=6917529027641081856",
         ),
     ],
 )
@@ -176,7 +179,7 @@ def test_absurd_window_arguments_name_the_argument_the_value_and_the_bound(k, d,
     "k,d,match",
     [
         (2**62 + 1, 4, r"window extent \(kernel_size // 2\) \* dilation .* got kernel_size="),
-        (3, 2**62 + 2**61, r"window extent .* dilation=6917529027641081856"),
+        (5, 2**62 + 2**61, r"window extent .* got kernel_size=5, dilation=6917529027641081856"),
     ],
 )
 def test_absurd_window_arguments_from_torch_ops(k, d, match):

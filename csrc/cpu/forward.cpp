@@ -346,7 +346,8 @@ void gather_channels_last(const Segment& seg, const Geometry& g, const ContentRo
       }
     }
   };
-  auto positions = [&](int64_t c0, auto vectors) {
+  auto positions = [&](int64_t first_vector, auto vectors) {
+    const int64_t c0 = first_vector * L;
     // Blocks of 2·dilation positions: pairs (q, q + dilation) for the first dilation of them.
     int64_t p = 0;
     for (; p + 2 * d <= seg.n; p += 2 * d) {
@@ -354,7 +355,8 @@ void gather_channels_last(const Segment& seg, const Geometry& g, const ContentRo
     }
     for (; p < seg.n; ++p) pass(p, std::false_type{}, c0, vectors);
   };
-  for_each_group<CV>(rows.cpad / L, [&](int64_t first, auto vectors) { positions(first * L, vectors); });
+  // Channel vectors in groups of CV: positions(first vector, group size).
+  for_each_group<CV>(rows.cpad / L, positions);
 }
 
 // The forward of one call: pattern, content and out NCHW- or NHWC-contiguous, each in its own
@@ -409,7 +411,6 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       }
       computed_b = b;
       computed_h = h;
-      if (content_rows) content_rows->advance(b, h);
       if (content_planes) {
         content_planes->advance(b, std::max<int64_t>(h - reach, 0), std::min(h + reach, g.height - 1));
       }
@@ -439,6 +440,7 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
                            lse_ptr + b * plane + h * g.width + seg.w0);
         }
         if (channels_last) {
+          if (tile == 0) content_rows->advance(b, h);
           T* y = ys.at(b, h, seg.w0);
           gather_channels_last(seg, g, *content_rows, weights.data(), inv_sum.data(),
                                in_place ? y : out_t->data(), in_place ? cc : cpad,

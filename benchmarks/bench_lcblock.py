@@ -707,10 +707,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--memory-format",
-        default=",".join(MEMORY_FORMATS),
+        default=None,
         help="comma-separated layouts of the inputs: "
         + ", ".join(MEMORY_FORMATS)
-        + " (default: both, timed in the same interleaved rounds)",
+        + " (default: both, timed in the same interleaved rounds; --quick: contiguous)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write rows + environment")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repeats")
@@ -721,6 +721,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or not impls:
         parser.error(f"--impl: unknown {unknown}; choose from {','.join(IMPLS)}")
     args.impl = list(dict.fromkeys(impls))
+    if args.memory_format is None:
+        args.memory_format = "contiguous" if args.quick else ",".join(MEMORY_FORMATS)
     formats = [name.strip() for name in args.memory_format.split(",") if name.strip()]
     unknown = sorted(set(formats) - set(MEMORY_FORMATS))
     if unknown or not formats:

@@ -50,10 +50,12 @@ inline at::Tensor empty_in_layout_of(const at::Tensor& t) {
 
 inline void check_pair(const at::Tensor& pattern, const at::Tensor& content, int64_t kernel_size,
                        int64_t dilation, double scale) {
-  TORCH_CHECK(pattern.dim() == 4, "local_correlation: expected pattern to be 4-D (B, C, H, W), got ",
-              pattern.dim(), "-D");
-  TORCH_CHECK(content.dim() == 4, "local_correlation: expected content to be 4-D (B, C, H, W), got ",
-              content.dim(), "-D");
+  TORCH_CHECK(pattern.dim() == 4,
+              "local_correlation: expected pattern to be 4-D (B, C, H, W), got ", pattern.dim(),
+              "-D");
+  TORCH_CHECK(content.dim() == 4,
+              "local_correlation: expected content to be 4-D (B, C, H, W), got ", content.dim(),
+              "-D");
   TORCH_CHECK(at::isFloatingType(pattern.scalar_type()),
               "local_correlation: expected pattern to have a floating-point dtype, got ",
               pattern.scalar_type());
@@ -69,7 +71,8 @@ inline void check_pair(const at::Tensor& pattern, const at::Tensor& content, int
               "got pattern ",
               pattern.sizes(), " and content ", content.sizes());
   TORCH_CHECK(kernel_size >= 1 && kernel_size % 2 == 1,
-              "local_correlation: expected kernel_size to be an odd integer >= 1, got ", kernel_size);
+              "local_correlation: expected kernel_size to be an odd integer >= 1, got ",
+              kernel_size);
   TORCH_CHECK(dilation >= 1, "local_correlation: expected dilation >= 1, got ", dilation);
   check_window_extent(kernel_size, dilation);
   TORCH_CHECK(std::isfinite(scale), "local_correlation: expected a finite scale, got ", scale);
@@ -93,11 +96,10 @@ inline void check_backward(const at::Tensor& grad_out, const at::Tensor& pattern
               grad_out.sizes());
   TORCH_CHECK(out.sizes() == content.sizes(), "local_correlation_backward: expected out of shape ",
               content.sizes(), ", got ", out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == content.scalar_type() &&
-                  out.scalar_type() == content.scalar_type(),
-              "local_correlation_backward: expected grad_out and out of dtype ",
-              content.scalar_type(), ", got ", grad_out.scalar_type(), " and ",
-              out.scalar_type());
+  TORCH_CHECK(
+      grad_out.scalar_type() == content.scalar_type() && out.scalar_type() == content.scalar_type(),
+      "local_correlation_backward: expected grad_out and out of dtype ", content.scalar_type(),
+      ", got ", grad_out.scalar_type(), " and ", out.scalar_type());
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == content.size(0) && lse.size(1) == content.size(2) &&
                   lse.size(2) == content.size(3),
               "local_correlation_backward: expected lse of shape (B, H, W) = (", content.size(0),

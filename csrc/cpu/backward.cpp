@@ -123,7 +123,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
     Scratch<T> logit(kGroup * kTileWidth), dy_i_c_j(kGroup * kTileWidth);
     Scratch<T> dy_j_c_i(kGroup * kTileWidth);
     // Channel rows of the segment's gradients, transposed into NHWC gradients.
-    Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) * kTileWidth);
+    Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) *
+                         kTileWidth);
     Segment seg;
     for (int64_t item = first; item < last; ++item) {
       g.segment<T>(item, seg);

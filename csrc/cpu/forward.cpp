@@ -285,13 +285,15 @@ struct ContentRows {
 };
 
 // out_t[p][c] = inv_sum[p] · Σ_o weights[o][p] · c_{p + δo}[c] for the segment's positions,
-// channels-last (out_t rows of out_pitch >= rows.cpad values). Positions go in pairs (p, p + dilation):
-// one window row of the pair spans 2·radius + 2 neighbours, each loaded once for both.
+// channels-last (out_t rows of out_pitch >= rows.cpad values). Positions go in pairs
+// (p, p + dilation): one window row of the pair spans 2·radius + 2 neighbours, each loaded once
+// for both.
 // Kept out of line: inlined into forward_kernel's loop it ran ~10 % slower (register pressure).
 template <typename T>
-__attribute__((noinline)) void gather_channels_last(const Segment& seg, const Geometry& g, const ContentRows<T>& rows,
-                          const T* weights, const T* inv_sum, T* out_t, int64_t out_pitch,
-                          const T** row) {
+__attribute__((noinline)) void gather_channels_last(const Segment& seg, const Geometry& g,
+                                                    const ContentRows<T>& rows, const T* weights,
+                                                    const T* inv_sum, T* out_t, int64_t out_pitch,
+                                                    const T** row) {
   constexpr int64_t L = kLanes<T>;
   constexpr int CV = 4;  // channel vectors per pass
   const int64_t k = 2 * g.radius + 1, d = g.dilation, R = g.radius;
@@ -399,7 +401,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       content_rows.emplace(g, cs, content.options());
       if (!in_place) out_t.emplace(kTileWidth * cpad);
     } else {
-      if (cs.channels_last) content_planes.emplace(cs, 2 * reach + 1, 0, g.width, content.options());
+      if (cs.channels_last)
+        content_planes.emplace(cs, 2 * reach + 1, 0, g.width, content.options());
       if (ys.channels_last) out_t.emplace(kTileWidth * cc);
     }
     Segment seg;
@@ -413,7 +416,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
       computed_b = b;
       computed_h = h;
       if (content_planes) {
-        content_planes->advance(b, std::max<int64_t>(h - reach, 0), std::min(h + reach, g.height - 1));
+        content_planes->advance(b, std::max<int64_t>(h - reach, 0),
+                                std::min(h + reach, g.height - 1));
       }
       for (int64_t tile = 0; tile < g.tiles; ++tile) {
         g.segment<T>((b * g.height + h) * g.tiles + tile, seg);
@@ -457,10 +461,10 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
           }
         } else {
           const Source<T> src =
-              content_planes ? Source<T>(cc, content_planes->pitch, seg,
-                                         [&](int64_t dr) { return content_planes->row(h + dr); })
-                             : Source<T>(cc, plane, seg,
-                                         [&](int64_t dr) { return cs.at(b, h + dr, 0); });
+              content_planes
+                  ? Source<T>(cc, content_planes->pitch, seg,
+                              [&](int64_t dr) { return content_planes->row(h + dr); })
+                  : Source<T>(cc, plane, seg, [&](int64_t dr) { return cs.at(b, h + dr, 0); });
           gather_into(ys, seg, out_t ? out_t->data() : nullptr, [&](T* o, int64_t stride) {
             gather_rows(o, stride, weights.data(), src, seg, static_cast<const T*>(inv_sum.data()));
           });

@@ -23,9 +23,8 @@ void backward_rows(const at::Tensor& grad_out, const at::Tensor& pattern, const 
 // the pixels on the CPU (pixelwise.cpp). Slow; they exist so that tests exercise the CUDA math
 // where no GPU is present. Return (out, lse) and (grad_pattern, grad_content), NCHW-contiguous.
 std::tuple<at::Tensor, at::Tensor> pixelwise_forward(const at::Tensor& pattern,
-                                                     const at::Tensor& content,
-                                                     int64_t kernel_size, int64_t dilation,
-                                                     double scale);
+                                                     const at::Tensor& content, int64_t kernel_size,
+                                                     int64_t dilation, double scale);
 std::tuple<at::Tensor, at::Tensor> pixelwise_backward(const at::Tensor& grad_out,
                                                       const at::Tensor& pattern,
                                                       const at::Tensor& content,

@@ -31,7 +31,7 @@ struct Offset {
   int64_t cols;   // b·dilation: columns from the pixel to the neighbour
   int64_t begin;  // valid segment positions [begin, end), relative to the segment start
   int64_t end;
-  bool partial;   // not valid on the whole segment
+  bool partial;  // not valid on the whole segment
 };
 
 // A row segment [w0, w0 + n) of row h of image b, and its in-image window offsets.
@@ -162,39 +162,39 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
         }
       }
     } else {
-    for (size_t o = 0; o < s.offsets.size(); ++o) {
-      const Offset& off = s.offsets[o];
-      const T* w = coef + o * kTileWidth + p0;
-      const int64_t i = delta[o] + p0;
-      if (off.begin <= p0 && p0 + V * L <= off.end) {  // the whole block is valid
+      for (size_t o = 0; o < s.offsets.size(); ++o) {
+        const Offset& off = s.offsets[o];
+        const T* w = coef + o * kTileWidth + p0;
+        const int64_t i = delta[o] + p0;
+        if (off.begin <= p0 && p0 + V * L <= off.end) {  // the whole block is valid
+#pragma GCC unroll 8
+          for (int64_t v = 0; v < V; ++v) {
+            const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 8
+            for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+          }
+          continue;
+        }
+        // Fully unrolled, so r[k][v] keep constant indices and stay in registers.
 #pragma GCC unroll 8
         for (int64_t v = 0; v < V; ++v) {
+          const int64_t lo = std::max<int64_t>(off.begin - p0 - v * L, 0);
+          const int64_t hi = std::min<int64_t>(off.end - p0 - v * L, L);
+          if (lo >= hi) continue;
           const Vec<T> wv = load(w + v * L);
+          if (lo == 0 && hi == L) {
 #pragma GCC unroll 8
-          for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
-        }
-        continue;
-      }
-      // Fully unrolled, so r[k][v] keep constant indices and stay in registers.
+            for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+          } else {
+            const auto inside = lane_mask<T>(lo, hi);
+            const Vec<T> zero = {};
 #pragma GCC unroll 8
-      for (int64_t v = 0; v < V; ++v) {
-        const int64_t lo = std::max<int64_t>(off.begin - p0 - v * L, 0);
-        const int64_t hi = std::min<int64_t>(off.end - p0 - v * L, L);
-        if (lo >= hi) continue;
-        const Vec<T> wv = load(w + v * L);
-        if (lo == 0 && hi == L) {
-#pragma GCC unroll 8
-          for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
-        } else {
-          const auto inside = lane_mask<T>(lo, hi);
-          const Vec<T> zero = {};
-#pragma GCC unroll 8
-          for (int k = 0; k < N; ++k) {
-            r[k][v] += inside ? wv * masked_load(src[k] + i + v * L, inside) : zero;
+            for (int k = 0; k < N; ++k) {
+              r[k][v] += inside ? wv * masked_load(src[k] + i + v * L, inside) : zero;
+            }
           }
         }
       }
-    }
     }
     if (row_scale != nullptr) {
       for (int k = 0; k < N; ++k) {
@@ -238,8 +238,8 @@ struct Source {
 // gather_channels over every channel of src, four at a time; outputs multiplied by
 // row_scale[p] when it is given.
 template <typename T>
-void gather_rows(T* out, int64_t out_stride, const T* coef, const Source<T>& src,
-                 const Segment& s, const T* row_scale = nullptr) {
+void gather_rows(T* out, int64_t out_stride, const T* coef, const Source<T>& src, const Segment& s,
+                 const T* row_scale = nullptr) {
   constexpr int64_t V = 2;
   const T* row = src.row;
   const int64_t* delta = src.delta.data();

@@ -150,8 +150,8 @@ inline Vec<double> exp_vec(Vec<double> x) {  // float64 is for checking, not spe
 // masked lanes themselves.
 inline Vec<float> exp_nonpositive(Vec<float> x) {
 #if defined(__AVX2__)
-  x = reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(x),
-                                                 _mm256_set1_ps(kExpMin)));
+  x = reinterpret_cast<Vec<float>>(
+      _mm256_max_ps(reinterpret_cast<__m256>(x), _mm256_set1_ps(kExpMin)));
 #else
   x = x < kExpMin ? kExpMin : x;
 #endif
@@ -221,7 +221,7 @@ inline void for_each_group(int64_t n, Fn&& fn) {
 // into `to` (row stride to_stride): to[j][i] = from[i][j].
 template <typename T>
 LC_ALWAYS_INLINE void transpose_block(const T* from, int64_t from_stride, T* to, int64_t to_stride,
-                            int64_t rows, int64_t cols) {
+                                      int64_t rows, int64_t cols) {
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
     if (rows == 8 && cols == 8) {

@@ -180,11 +180,13 @@ def test_pixelwise_reduced_precision(dtype):
     check_against_reference(x, c, 3, 1, 0.5, pixelwise=True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_cpu_reduced_precision_is_computed_in_float(dtype):
-    x, c = make_inputs(1, 4, 3, 8, 9, dtype=dtype)
+def test_cpu_reduced_precision_is_computed_in_float(dtype, layout):
+    x, c = make_inputs(1, 4, 3, 8, 9, dtype=dtype, layout=layout)
     y = local_correlation(x, c, 3)
     assert y.dtype == dtype
+    assert_layout(y, c, "out")
     want = reference.local_correlation(x.float(), c.float(), 3)
     assert_close(y, want, dtype, "out")
 

@@ -10,13 +10,15 @@ Implementations (all with the semantics of DESIGN.md §1, window clipped and mas
   ``torch.compile(flex_attention)`` with a 2-D window ``mask_mod``; its ``BlockMask`` is built
   once per shape outside the timed region.
 
-For each shape and implementation it reports the median time of a forward (under
-``torch.no_grad``, as in inference) and of a forward + backward (gradients w.r.t. pattern and
-content for a fixed random ``grad_output``), and the peak memory one forward + backward adds
-on top of its inputs (outputs, gradients, temporaries and everything autograd keeps for
-backward). An implementation that cannot run a measurement (fused kernels not built, no
-flex_attention backward on CPU, a dtype without kernels, out of memory) gets "n/a" there, with
-the reason in a footnote; one that would be too slow or too big is skipped with a note.
+For each shape, memory format (``--memory-format``: NCHW ``contiguous`` and/or
+``channels_last`` inputs, timed in the same interleaved rounds) and implementation it reports
+the median time of a forward (under ``torch.no_grad``, as in inference) and of a forward +
+backward (gradients w.r.t. pattern and content for a fixed random ``grad_output``, in the
+inputs' layout), and the peak memory one forward + backward adds on top of its inputs (outputs,
+gradients, temporaries and everything autograd keeps for backward). An implementation that
+cannot run a measurement (fused kernels not built, no flex_attention backward on CPU, a dtype
+without kernels, out of memory) gets "n/a" there, with the reason in a footnote; one that would
+be too slow or too big is skipped with a note.
 
 Timing: CPU -- ``torch.utils.benchmark.Timer.blocked_autorange`` (median over blocks, after
 warm-up); CUDA -- CUDA events around each call after warm-up, median. The implementations of a
@@ -35,6 +37,7 @@ Usage::
     python benchmarks/bench_lcblock.py --device cuda --dtype float16 --shapes headline,gopro
     python benchmarks/bench_lcblock.py --impl fused,shifted --shapes 2x32x128x128k7,1x16/8x64x64k5d2
     python benchmarks/bench_lcblock.py --json results.json
+    python benchmarks/bench_lcblock.py --memory-format channels_last   # default: both layouts
 
 A custom shape is ``BxCPxHxWkK`` (``B x Cp x H x W``, kernel size K), with optional ``/CC``
 after Cp when content has another channel count and ``dD`` at the end for dilation D.
@@ -80,6 +83,7 @@ from benchmarks.baselines import (  # noqa: E402
 LOG = logging.getLogger("bench_lcblock")
 
 IMPLS = ("fused", "unfold", "shifted", "flex")
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -203,6 +207,7 @@ class Row:
     kernel_size: int
     dilation: int
     impl: str
+    memory_format: str = "contiguous"  # layout of pattern, content and grad_output
     status: str = "ok"  # "ok" (at least one measurement), "n/a", "skipped"
     fwd_ms: float | None = None
     fwd_bwd_ms: float | None = None
@@ -364,14 +369,17 @@ def peak_mib(step: Callable[[], object], device: torch.device) -> float:
 
 
 def make_inputs(
-    shape: Shape, device: torch.device, dtype: torch.dtype
+    shape: Shape, device: torch.device, dtype: torch.dtype, memory_format: str = "contiguous"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded pattern, content and grad_output for ``shape``."""
+    """Seeded pattern, content and grad_output for ``shape``, in ``memory_format`` (the same
+    values in every layout)."""
     generator = torch.Generator().manual_seed(SEED)
     b, h, w = shape.batch, shape.height, shape.width
+    layout = MEMORY_FORMATS[memory_format]
 
     def randn(channels: int) -> torch.Tensor:
-        return torch.randn((b, channels, h, w), generator=generator).to(device, dtype)
+        t = torch.randn((b, channels, h, w), generator=generator).to(device, dtype)
+        return t.contiguous(memory_format=layout)
 
     return (
         randn(shape.pattern_channels),
@@ -449,55 +457,63 @@ def run_shape(
     repeats: int,
     check_outputs: bool,
     rounds: int = 1,
+    memory_formats: Sequence[str] = ("contiguous",),
 ) -> list[Row]:
-    """Benchmark every implementation on one shape; fill the relative columns."""
-    inputs = make_inputs(shape, device, dtype)
-    rows: dict[str, Row] = {}
-    outputs: dict[str, torch.Tensor] = {}
-    steps: dict[str, dict[str, Callable[[], object]]] = {}
-    for impl in impls:
-        row = Row(shape.label, *asdict(shape).values(), impl=impl)
-        rows[impl] = row
-        reason = skip_reason(impl, shape, device, dtype)
-        if reason is not None:
-            row.status, row.notes = "skipped", [reason]
-            continue
-        try:
-            fn = prepare(impl, shape, device)
-        except Unavailable as exc:
-            row.status, row.notes = "n/a", [str(exc)]
-            continue
-        LOG.info("%s %s ...", shape.label, impl)
-        steps[impl] = measure(impl, fn, row, inputs, device, min_run_time, repeats)
-        if check_outputs and row.fwd_ms is not None:
-            with torch.no_grad():
-                outputs[impl] = fn(inputs[0], inputs[1]).float()
-        gc.collect()
-    # Later rounds, each starting with another implementation; a step that fails now (it ran
-    # once) keeps the rounds it has. Steps slower than LATER_ROUND_MAX_MS are timed once: they
-    # are far from the others, and re-timing them would triple the benchmark's run time.
+    """Benchmark every implementation in every memory format on one shape; fill the relative
+    columns (within each format)."""
+    rows: dict[tuple[str, str], Row] = {}
+    outputs: dict[tuple[str, str], torch.Tensor] = {}
+    steps: dict[tuple[str, str], dict[str, Callable[[], object]]] = {}
+    inputs_of = {fmt: make_inputs(shape, device, dtype, fmt) for fmt in memory_formats}
+    for fmt in memory_formats:
+        inputs = inputs_of[fmt]
+        for impl in impls:
+            key = (impl, fmt)
+            row = Row(shape.label, *asdict(shape).values(), impl=impl, memory_format=fmt)
+            rows[key] = row
+            reason = skip_reason(impl, shape, device, dtype)
+            if reason is not None:
+                row.status, row.notes = "skipped", [reason]
+                continue
+            try:
+                fn = prepare(impl, shape, device)
+            except Unavailable as exc:
+                row.status, row.notes = "n/a", [str(exc)]
+                continue
+            LOG.info("%s %s %s ...", shape.label, impl, fmt)
+            steps[key] = measure(impl, fn, row, inputs, device, min_run_time, repeats)
+            if check_outputs and row.fwd_ms is not None:
+                with torch.no_grad():
+                    outputs[key] = fn(inputs[0], inputs[1]).float()
+            gc.collect()
+    # Later rounds, each starting with another (implementation, format); a step that fails now
+    # (it ran once) keeps the rounds it has. Steps slower than LATER_ROUND_MAX_MS are timed
+    # once: they are far from the others, and re-timing them would triple the run time.
     order = list(steps)
     for round_index in range(1, rounds):
         shift = round_index % max(len(order), 1)
-        for impl in order[shift:] + order[:shift]:
-            for time_field, step in steps[impl].items():
-                if getattr(rows[impl], f"{time_field}_rounds")[0] > LATER_ROUND_MAX_MS:
+        for key in order[shift:] + order[:shift]:
+            for time_field, step in steps[key].items():
+                if getattr(rows[key], f"{time_field}_rounds")[0] > LATER_ROUND_MAX_MS:
                     continue
                 try:
                     sample = time_ms(step, device, min_run_time, repeats, LATER_ROUND_WARMUP_S)
                 except Exception:  # noqa: BLE001 -- see measure()
-                    LOG.debug("%s %s round %d failed", impl, time_field, round_index, exc_info=True)
+                    LOG.debug("%s %s round %d failed", key, time_field, round_index, exc_info=True)
                     continue
-                getattr(rows[impl], f"{time_field}_rounds").append(sample)
+                getattr(rows[key], f"{time_field}_rounds").append(sample)
             gc.collect()
     for row in rows.values():
         if row.fwd_ms_rounds:
             row.fwd_ms = statistics.median(row.fwd_ms_rounds)
         if row.fwd_bwd_ms_rounds:
             row.fwd_bwd_ms = statistics.median(row.fwd_bwd_ms_rounds)
-    _fill_relative(rows)
-    if check_outputs:
-        _fill_differences(rows, outputs, shape, inputs)
+    for fmt in memory_formats:
+        of_fmt = {impl: row for (impl, f), row in rows.items() if f == fmt}
+        _fill_relative(of_fmt)
+        if check_outputs:
+            outs = {impl: out for (impl, f), out in outputs.items() if f == fmt}
+            _fill_differences(of_fmt, outs, shape, inputs_of[fmt])
     return list(rows.values())
 
 
@@ -608,7 +624,8 @@ def format_report(env: dict[str, object], rows: Sequence[Row]) -> str:
             f"{_fmt(row.speedup_fwd_bwd_vs_shifted, '.2f', '–', '×')}"
         )
         lines.append(
-            f"| {row.shape} | {row.impl}{mark(row)} | {_fmt(row.fwd_ms, '.2f', missing)} "
+            f"| {row.shape} {row.memory_format} | {row.impl}{mark(row)} "
+            f"| {_fmt(row.fwd_ms, '.2f', missing)} "
             f"| {_fmt(row.fwd_bwd_ms, '.2f', missing)} | {_fmt(row.peak_fwd_mib, '.2f', missing)} "
             f"| {_fmt(row.peak_fwd_bwd_mib, '.2f', missing)} | {speedup} "
             f"| {_fmt(row.memory_vs_unfold, '.3f', '–', '×')} |"
@@ -619,7 +636,10 @@ def format_report(env: dict[str, object], rows: Sequence[Row]) -> str:
     checked = [row for row in rows if row.max_abs_diff_vs_unfold is not None]
     if checked:
         lines += ["", f"Output check on {checked[0].shape}: max |out - unfold reference|"]
-        lines.extend(f"- {row.impl}: {row.max_abs_diff_vs_unfold:.3g}" for row in checked)
+        lines.extend(
+            f"- {row.impl} ({row.memory_format}): {row.max_abs_diff_vs_unfold:.3g}"
+            for row in checked
+        )
     return "\n".join(lines)
 
 
@@ -685,6 +705,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--memory-format",
+        default=None,
+        help="comma-separated layouts of the inputs: "
+        + ", ".join(MEMORY_FORMATS)
+        + " (default: both, timed in the same interleaved rounds; --quick: contiguous)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write rows + environment")
     parser.add_argument("--quick", action="store_true", help="one small shape, few repeats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -694,6 +721,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or not impls:
         parser.error(f"--impl: unknown {unknown}; choose from {','.join(IMPLS)}")
     args.impl = list(dict.fromkeys(impls))
+    if args.memory_format is None:
+        args.memory_format = "contiguous" if args.quick else ",".join(MEMORY_FORMATS)
+    formats = [name.strip() for name in args.memory_format.split(",") if name.strip()]
+    unknown = sorted(set(formats) - set(MEMORY_FORMATS))
+    if unknown or not formats:
+        parser.error(f"--memory-format: unknown {unknown}; choose from {','.join(MEMORY_FORMATS)}")
+    args.memory_format = list(dict.fromkeys(formats))
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
@@ -753,6 +787,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             repeats,
             check_outputs=index == 0,
             rounds=rounds,
+            memory_formats=args.memory_format,
         )
     env = environment(device, dtype, rounds)
     print(format_report(env, rows))

@@ -4,9 +4,33 @@
 // Layout: every pointer addresses ONE image of a contiguous NCHW tensor, i.e. channel c of
 // pixel p = h * W + w lives at ptr[c * H * W + p]. Sizes and linear indices are int64_t.
 //
-// Notation (DESIGN.md §1): Ω_i is the k×k window of spacing d around pixel i clipped to the
-// image; logit_ij = s·<x_i, x_j>; L_i = log Σ_{j∈Ω_i} exp(logit_ij); w_ij = exp(logit_ij − L_i).
-// The window is symmetric, so j ∈ Ω_i ⇔ i ∈ Ω_j: every backward sum is a gather over Ω_i.
+// Notation (docs/DESIGN.md, 'What the op computes'): Ω_i is the k×k window of spacing d around
+// pixel i clipped to the image; logit_ij = s·<x_i, x_j>; L_i = log Σ_{j∈Ω_i} exp(logit_ij);
+// w_ij = exp(logit_ij − L_i). The window is symmetric, so j ∈ Ω_i ⇔ i ∈ Ω_j: every backward sum
+// is a gather over Ω_i.
+//
+// Where the weight formula and the border rule are implemented. A change to either (e.g. the
+// border rule "out-of-image neighbours are left out of the softmax, not zero-padded", or the
+// softmax of s·<x_i, x_j>) must be made in every place below; the tests compare all of them with
+// the reference (tests/test_local_correlation.py).
+//  1. This header: valid_offsets/valid_span (the border rule as index ranges), the streaming
+//     log-sum-exp (pixel_logsumexp) and w_ij = exp(logit − L_i) at every use. Specialised for
+//     one thread per pixel with nothing but registers (CUDA; the CPU pixelwise runner).
+//  2. csrc/cpu/forward.cpp, block_softmax: a two-pass softmax (max, then exp and Σ) over a row
+//     segment, vectorised over pixels, out-of-image neighbours masked to −inf by lane masks
+//     built from Segment offsets (csrc/cpu/rows.h, Geometry::segment, which applies
+//     valid_offsets/valid_span per segment). Specialised because the CPU computes each logit
+//     once per pixel pair (the symmetric half window) and reads them back from a ring.
+//  3. The sites that apply 1/Σ: the CPU forward leaves its weights unnormalised and multiplies
+//     the gathered output by 1/Σ, in gather_channels_last (forward.cpp) and through row_scale
+//     in gather_rows (csrc/cpu/rows.h). Specialised to save one multiply per weight.
+//  4. csrc/cpu/backward.cpp: w_ij = exp(logit − L_i) and w_ji = exp(logit − L_j) recomputed
+//     from the saved L, vectorised over pixels, out-of-image lanes masked in the gathers
+//     (gather_channels). Specialised for the same row-segment vectorisation as the forward.
+//  5. lcblock_cuda/reference.py: F.unfold with an in-image mask and masked_fill(−inf) before
+//     torch.logsumexp. The test oracle: written for reading, not speed.
+// The window itself is clamped to the image before any of these run (csrc/checks.h,
+// effective_kernel_size; lcblock_cuda/_checks.py for Python): this changes no result.
 #pragma once
 
 #include <cmath>

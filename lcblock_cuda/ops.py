@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_arguments
+from ._checks import check_arguments, effective_kernel_size, lse_dtype, memory_format_of
 
 __all__ = ["local_correlation"]
 
@@ -23,24 +23,21 @@ _FWD = "lcblock_cuda::local_correlation_forward"
 _BWD = "lcblock_cuda::local_correlation_backward"
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _empty_in_layout_of(t: torch.Tensor) -> torch.Tensor:
+    # The layout rule (csrc/checks.h, layout_of); the same on every device.
+    return torch.empty_like(t, memory_format=memory_format_of(t))
 
 
 @torch.library.register_fake(_FWD)
 def _forward_fake(pattern, content, kernel_size, dilation, scale):
     batch, _, height, width = content.shape
-    out = torch.empty_like(content, memory_format=torch.contiguous_format)
-    lse = pattern.new_empty((batch, height, width), dtype=_lse_dtype(pattern.dtype))
-    return out, lse
+    lse = pattern.new_empty((batch, height, width), dtype=lse_dtype(pattern.dtype))
+    return _empty_in_layout_of(content), lse
 
 
 @torch.library.register_fake(_BWD)
 def _backward_fake(grad_out, pattern, content, out, lse, kernel_size, dilation, scale):
-    return (
-        torch.empty_like(pattern, memory_format=torch.contiguous_format),
-        torch.empty_like(content, memory_format=torch.contiguous_format),
-    )
+    return _empty_in_layout_of(pattern), _empty_in_layout_of(content)
 
 
 def _setup_context(ctx, inputs, output):
@@ -61,6 +58,19 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, grad_pattern, grad_content):
+    raise RuntimeError(
+        "local_correlation: double backward (the gradient of a gradient, e.g. after "
+        "torch.autograd.grad(..., create_graph=True)) is not implemented by the fused op. "
+        "Use lcblock_cuda.reference.local_correlation where second derivatives are needed."
+    )
+
+
+# The backward op's outputs get a graph node only under create_graph=True; differentiating
+# through them then raises instead of silently treating the backward as constant (which gave 0).
+torch.library.register_autograd(_BWD, _no_double_backward)
 
 
 def local_correlation(
@@ -88,13 +98,18 @@ def local_correlation(
         scale: multiplier of the dot products (the paper uses 1).
 
     Returns:
-        (B, Cc, H, W) tensor, contiguous, of ``content``'s dtype and device.
+        (B, Cc, H, W) tensor of ``content``'s dtype, device and layout: channels_last when
+        ``content`` is channels_last (channels_last-contiguous and not plain-contiguous),
+        contiguous otherwise. The gradients take their input's layout the same way.
 
-    Any strides are accepted. CPU: float32 and float64. CUDA: float32, float64, float16 and
-    bfloat16 (accumulated in float32). Differentiable in ``pattern`` and ``content``
-    (first order).
+    Any strides are accepted; NCHW and channels_last are read without copies. CPU: float32
+    and float64. CUDA: float32, float64, float16 and bfloat16 (accumulated in float32).
+    Differentiable in ``pattern`` and ``content`` (first order; double backward raises). A
+    window larger than the image costs what the image costs (the radius is clamped to
+    ``(max(H, W) - 1) // dilation``, which gives the identical result).
     """
     kernel_size, dilation, scale = check_arguments(pattern, content, kernel_size, dilation, scale)
+    kernel_size = effective_kernel_size(kernel_size, dilation, *content.shape[2:])
     return torch.ops.lcblock_cuda.local_correlation_forward(
         pattern, content, kernel_size, dilation, scale
     )[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_arguments
+from ._checks import check_arguments, lse_dtype
 
 __all__ = ["local_correlation", "local_correlation_with_lse"]
 
@@ -35,8 +35,8 @@ def local_correlation_with_lse(
     pad = (kernel_size // 2) * dilation
     unfold = dict(kernel_size=kernel_size, dilation=dilation, padding=pad)
 
-    # Accumulate in at least float32, as the fused kernels do.
-    compute = torch.promote_types(pattern.dtype, torch.float32)
+    # Accumulate in at least float32, as the fused kernels do: the dtype of their lse.
+    compute = lse_dtype(pattern.dtype)
     x = pattern.to(compute)
     c = content.to(compute)
     n = height * width

@@ -12,6 +12,7 @@ import torch
 
 import lcblock_cuda
 from lcblock_cuda import LocalCorrelation, local_correlation, reference
+from lcblock_cuda import ops as ops_module
 
 OPS = torch.ops.lcblock_cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
@@ -30,8 +31,9 @@ def make_inputs(b, cp, cc, h, w, dtype=torch.float64, device="cpu", seed=0, layo
     x = torch.randn(b, cp, h, w, generator=g, dtype=torch.float64)
     c = torch.randn(b, cc, h, w, generator=g, dtype=torch.float64)
     x, c = x.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype)
-    if layout == "channels_last":
+    if layout in ("channels_last", "cl_pattern"):
         x = x.contiguous(memory_format=torch.channels_last)
+    if layout in ("channels_last", "cl_content"):
         c = c.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":  # every other column of a wider map, and a transposed copy
         wide = torch.zeros(b, cp, h, 2 * w, dtype=dtype, device=device)
@@ -40,6 +42,25 @@ def make_inputs(b, cp, cc, h, w, dtype=torch.float64, device="cpu", seed=0, layo
         c = c.transpose(2, 3).contiguous().transpose(2, 3)
         assert not x.is_contiguous() and not c.is_contiguous()
     return x, c
+
+
+# Layouts of the grid: both inputs NCHW, both channels_last, and one of each (a "mixed" pair).
+LAYOUTS = ["contiguous", "channels_last", "cl_pattern", "cl_content"]
+
+
+def memory_format_of(t):
+    """The layout rule of the op: an output takes the layout of the input it belongs to,
+    channels_last when that input is channels_last-contiguous and not plain-contiguous."""
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def assert_layout(actual, like, what):
+    fmt = memory_format_of(like)
+    assert actual.is_contiguous(memory_format=fmt), (
+        f"{what}: expected {fmt}, got strides {actual.stride()} for shape {tuple(actual.shape)}"
+    )
 
 
 def reference_fwd_bwd(x, c, k, d, s, grad):
@@ -73,12 +94,17 @@ def assert_close(actual, expected, dtype, what):
 def check_against_reference(x, c, k, d, s, pixelwise=False, seed=1):
     grad = torch.randn(c.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     grad = grad.to(c.device)
+    grad = grad.contiguous(memory_format=memory_format_of(c))  # as autograd would pass it
     got = fused_fwd_bwd(x, c, k, d, s, grad, pixelwise)
     want = reference_fwd_bwd(x, c, k, d, s, grad)
     for name, a, e in zip(("out", "lse", "grad_pattern", "grad_content"), got, want, strict=True):
         assert a.shape == e.shape, name
         assert_close(a, e, x.dtype, name)
     assert got[0].dtype == x.dtype and got[2].dtype == x.dtype and got[3].dtype == c.dtype
+    assert_layout(got[0], c, "out")
+    assert got[1].is_contiguous(), "lse"
+    assert_layout(got[2], x, "grad_pattern")
+    assert_layout(got[3], c, "grad_content")
 
 
 # ---- the grid ------------------------------------------------------------------------------
@@ -91,13 +117,14 @@ SHAPES = [  # (B, Cp, Cc, H, W): odd, non-square, tiny, Cp != Cc
 ]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pixelwise", [False, True], ids=["rows", "pixelwise"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("kernel_size", [1, 3, 5, 7])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_matches_reference_grid(shape, kernel_size, dilation, dtype, pixelwise):
-    x, c = make_inputs(*shape, dtype=dtype)
+def test_matches_reference_grid(shape, kernel_size, dilation, dtype, pixelwise, layout):
+    x, c = make_inputs(*shape, dtype=dtype, layout=layout)
     check_against_reference(x, c, kernel_size, dilation, 1.0, pixelwise)
 
 
@@ -108,19 +135,42 @@ def test_scale(scale, pixelwise):
     check_against_reference(x, c, 5, 1, scale, pixelwise)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_any_strides_give_the_same_result(layout):
-    x, c = make_inputs(2, 4, 3, 9, 13, dtype=torch.float32)
-    xs, cs = make_inputs(2, 4, 3, 9, 13, dtype=torch.float32, layout=layout)
+@pytest.mark.parametrize("layout", ["channels_last", "cl_pattern", "cl_content", "strided"])
+@pytest.mark.parametrize("channels", [3, 16], ids=["pixel-rows-gather", "channels-last-gather"])
+def test_any_strides_give_the_same_result(layout, channels):
+    """Every layout gives bit for bit the NCHW result, forward and backward, with outputs in the
+    layout rule's format; 70 columns cross a 64-pixel segment, 3 and 16 channels take the
+    forward's two gathers."""
+    x, c = make_inputs(2, 4, channels, 9, 70, dtype=torch.float32)
+    xs, cs = make_inputs(2, 4, channels, 9, 70, dtype=torch.float32, layout=layout)
     torch.testing.assert_close(xs, x, atol=0, rtol=0)
-    for a, b in zip(
-        OPS.local_correlation_forward(x, c, 5, 2, 1.0),
-        OPS.local_correlation_forward(xs, cs, 5, 2, 1.0),
-        strict=True,
-    ):
-        assert torch.equal(a, b)
+    grad = torch.randn(c.shape, generator=torch.Generator().manual_seed(2))
+    want = fused_fwd_bwd(x, c, 5, 2, 1.0, grad)
+    got = fused_fwd_bwd(xs, cs, 5, 2, 1.0, grad.contiguous(memory_format=memory_format_of(cs)))
+    for name, a, b in zip(("out", "lse", "grad_pattern", "grad_content"), want, got, strict=True):
+        assert torch.equal(a, b), name
+    assert_layout(got[0], cs, "out")
+    assert_layout(got[2], xs, "grad_pattern")
+    assert_layout(got[3], cs, "grad_content")
     check_against_reference(xs, cs, 3, 1, 1.0)
     check_against_reference(xs, cs, 3, 1, 1.0, pixelwise=True)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "cl_pattern", "cl_content"])
+def test_grad_out_and_out_in_any_layout(layout):
+    """The backward reads grad_out and out in whatever layout autograd hands it."""
+    x, c = make_inputs(1, 3, 9, 6, 11, layout=layout)
+    y, lse = OPS.local_correlation_forward(x, c, 3, 1, 1.0)
+    grad = torch.randn(c.shape, dtype=torch.float64)
+    want = OPS.local_correlation_backward(grad, x, c, y.contiguous(), lse, 3, 1, 1.0)
+    for dy in (
+        grad.contiguous(memory_format=torch.channels_last),
+        grad.transpose(2, 3).contiguous().transpose(2, 3),
+    ):
+        for out in (y.contiguous(), y.contiguous(memory_format=torch.channels_last)):
+            got = OPS.local_correlation_backward(dy, x, c, out, lse, 3, 1, 1.0)
+            for a, b in zip(want, got, strict=True):
+                assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
@@ -130,11 +180,13 @@ def test_pixelwise_reduced_precision(dtype):
     check_against_reference(x, c, 3, 1, 0.5, pixelwise=True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_cpu_reduced_precision_is_computed_in_float(dtype):
-    x, c = make_inputs(1, 4, 3, 8, 9, dtype=dtype)
+def test_cpu_reduced_precision_is_computed_in_float(dtype, layout):
+    x, c = make_inputs(1, 4, 3, 8, 9, dtype=dtype, layout=layout)
     y = local_correlation(x, c, 3)
     assert y.dtype == dtype
+    assert_layout(y, c, "out")
     want = reference.local_correlation(x.float(), c.float(), 3)
     assert_close(y, want, dtype, "out")
 
@@ -215,16 +267,18 @@ def test_non_finite_values_outside_the_window_do_not_leak():
 # ---- autograd, opcheck, compile, determinism ----------------------------------------------
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k,d", [(3, 1), (5, 2), (7, 1)])
-def test_gradcheck_float64(k, d):
-    x, c = make_inputs(2, 3, 2, 5, 6)
+def test_gradcheck_float64(k, d, layout):
+    x, c = make_inputs(2, 3, 2, 5, 6, layout=layout)
     x.requires_grad_()
     c.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: local_correlation(a, b, k, d, 0.8), (x, c))
 
 
-def test_opcheck_forward_and_backward():
-    x, c = make_inputs(2, 3, 4, 6, 7, dtype=torch.float32)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_forward_and_backward(layout):
+    x, c = make_inputs(2, 3, 4, 6, 7, dtype=torch.float32, layout=layout)
     torch.library.opcheck(OPS.local_correlation_forward.default, (x, c, 3, 1, 1.0))
     x.requires_grad_()
     c.requires_grad_()
@@ -234,6 +288,16 @@ def test_opcheck_forward_and_backward():
         OPS.local_correlation_backward.default,
         (torch.randn_like(y), x.detach(), c.detach(), y, lse, 3, 1, 1.0),
     )
+    # The fake kernels report the real kernels' output strides (opcheck compares them too).
+    for fake, real in zip(
+        (
+            *ops_module._forward_fake(x, c, 3, 1, 1.0),
+            *ops_module._backward_fake(y, x, c, y, lse, 3, 1, 1.0),
+        ),
+        (y, lse, *OPS.local_correlation_backward(y, x.detach(), c.detach(), y, lse, 3, 1, 1.0)),
+        strict=True,
+    ):
+        assert fake.stride() == real.stride() and fake.dtype == real.dtype
 
 
 def test_lse_is_not_differentiable():
@@ -243,22 +307,25 @@ def test_lse_is_not_differentiable():
     assert not lse.requires_grad
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "cl_content"])
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_forward_and_backward(backend):
+def test_torch_compile_fullgraph_forward_and_backward(backend, layout):
     torch._dynamo.reset()
-    x, c = make_inputs(2, 4, 3, 9, 10, dtype=torch.float32)
+    x, c = make_inputs(2, 4, 3, 9, 10, dtype=torch.float32, layout=layout)
 
     def step(a, b):
-        return (local_correlation(a, b, 5, 1, 1.0) * b).sum()
+        y = local_correlation(a, b, 5, 1, 1.0)
+        return (y * b).sum(), y
 
     compiled = torch.compile(step, fullgraph=True, backend=backend)
-    grads = []
+    results = []
     for fn in (step, compiled):
         a, b = x.clone().requires_grad_(), c.clone().requires_grad_()
-        loss = fn(a, b)
+        loss, y = fn(a, b)
         loss.backward()
-        grads.append((loss.detach(), a.grad, b.grad))
-    for eager, comp in zip(*grads, strict=True):
+        assert_layout(y, c, "out")
+        results.append((loss.detach(), y.detach(), a.grad, b.grad))
+    for eager, comp in zip(*results, strict=True):
         torch.testing.assert_close(comp, eager)
 
 

@@ -1,0 +1,325 @@
+// What the CPU forward and backward share: the row-segment geometry of the window, the layouts
+// of the caller's tensors (NCHW or NHWC), per-thread scratch, and the two row kernels (dot
+// products of pixel rows, and the gather y_i = Σ_o coef_o,i · src_{i+δo} vectorised over pixels).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "../local_correlation_math.h"
+#include "simd.h"
+
+namespace lcblock::cpu {
+
+// Pixels of a row segment: small enough that the rows one window row touches stay in L1.
+constexpr int64_t kTileWidth = 64;
+// Gather: channels per pass. Times the two vectors of a block, twelve accumulator chains: enough
+// to keep both FMA pipes busy.
+constexpr int kGatherChannels = 6;
+
+// ---- geometry ---------------------------------------------------------------------------
+
+// One window offset that is at least partly inside the image for the current row segment.
+struct Offset {
+  int64_t rows;   // a·dilation: rows from the pixel to the neighbour
+  int64_t cols;   // b·dilation: columns from the pixel to the neighbour
+  int64_t begin;  // valid segment positions [begin, end), relative to the segment start
+  int64_t end;
+  bool partial;  // not valid on the whole segment
+};
+
+// A row segment [w0, w0 + n) of row h of image b, and its in-image window offsets.
+struct Segment {
+  int64_t b = 0, h = 0, w0 = 0, n = 0;
+  int64_t padded_n = 0;  // n rounded up to whole register blocks
+  // Positions [inner_begin, inner_end) where every offset is valid: blocks inside take the
+  // gathers' fast path, without a per-offset test.
+  int64_t inner_begin = 0, inner_end = 0;
+  std::vector<Offset> offsets;
+};
+
+struct Geometry {
+  int64_t batch, height, width, radius, dilation, tiles;
+
+  Geometry(const at::Tensor& content, int64_t kernel_size, int64_t dilation_)
+      : batch(content.size(0)),
+        height(content.size(2)),
+        width(content.size(3)),
+        radius(kernel_size / 2),
+        dilation(dilation_),
+        tiles((content.size(3) + kTileWidth - 1) / kTileWidth) {}
+
+  int64_t items() const { return batch * height * tiles; }
+
+  template <typename T>
+  void segment(int64_t item, Segment& s) const {
+    s.b = item / (height * tiles);
+    s.h = (item / tiles) % height;
+    s.w0 = (item % tiles) * kTileWidth;
+    s.n = std::min(kTileWidth, width - s.w0);
+    s.padded_n = (s.n + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+    s.offsets.clear();
+    int64_t a_lo, a_hi;
+    valid_offsets(s.h, height, radius, dilation, a_lo, a_hi);
+    for (int64_t a = a_lo; a <= a_hi; ++a) {
+      for (int64_t bo = -radius; bo <= radius; ++bo) {
+        int64_t begin, end;
+        valid_span(bo * dilation, width, begin, end);
+        begin = std::max(begin, s.w0) - s.w0;
+        end = std::min(end, s.w0 + s.n) - s.w0;
+        if (begin >= end) continue;
+        s.offsets.push_back({a * dilation, bo * dilation, begin, end, begin > 0 || end < s.n});
+      }
+    }
+    s.inner_begin = 0;
+    s.inner_end = s.n;
+    for (const Offset& off : s.offsets) {
+      s.inner_begin = std::max(s.inner_begin, off.begin);
+      s.inner_end = std::min(s.inner_end, off.end);
+    }
+  }
+};
+
+// Per-thread scratch rows, aligned to cache lines (unaligned 32-byte loads that straddle two
+// lines cost twice).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : storage_(n + kAlign) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
+    data_ = storage_.data() + (kAlign - (addr / sizeof(T)) % kAlign) % kAlign;
+  }
+  T* data() { return data_; }
+
+ private:
+  static constexpr int64_t kAlign = 64 / sizeof(T);
+  std::vector<T> storage_;
+  T* data_;
+};
+
+// ---- row kernels ------------------------------------------------------------------------
+
+// acc[k][p] = Σ_c a[c·stride + p] · b[k][c·stride + p] for k < N, p in [0, padded_n): N dot
+// products that share the pixel's own row `a` (N window offsets at once, so each load of `a`
+// serves N multiply-adds). Eight accumulator vectors stay in registers across the channel loop.
+template <int N, int64_t V = kVectorsPerBlock / N, typename T>
+inline void dot_rows(T* const (&acc)[N], const T* a, const T* const (&b)[N], int64_t channels,
+                     int64_t stride, int64_t p_end, int64_t p_begin = 0, T scale = T(1)) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += V * L) {
+    Vec<T> r[N][V] = {};
+    for (int64_t c = 0, i = p0; c < channels; ++c, i += stride) {
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec<T> av = load(a + i + v * L);
+#pragma GCC unroll 8
+        for (int k = 0; k < N; ++k) r[k][v] += av * load(b[k] + i + v * L);
+      }
+    }
+    for (int k = 0; k < N; ++k) {
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < V; ++v) store(acc[k] + p0 + v * L, r[k][v] * scale);
+    }
+  }
+}
+
+template <typename T>
+inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t stride,
+                     int64_t padded_n) {
+  T* const accs[1] = {acc};
+  const T* const bs[1] = {b};
+  dot_rows<1>(accs, a, bs, channels, stride, padded_n);
+}
+
+// For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
+// valid at p, p in [0, n): the gather that forms y, dx and dc (N channels at once, so each load
+// of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset. Vectors
+// that straddle the edge of an offset's valid span (or the segment's end) take the valid lanes
+// one by one, so `src` is never read outside the image: it may be the caller's NCHW tensor.
+template <int N, int64_t V, typename T>
+void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N],
+                     const int64_t* delta, const Segment& s, const T* row_scale) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t n_off = static_cast<int64_t>(s.offsets.size());
+  for (int64_t p0 = 0; p0 < s.padded_n; p0 += V * L) {
+    Vec<T> r[N][V] = {};
+    if (s.inner_begin <= p0 && p0 + V * L <= s.inner_end) {  // every offset valid: no tests
+      const T* w = coef + p0;
+      const T* const s0 = src[0] + p0;
+      for (int64_t o = 0; o < n_off; ++o, w += kTileWidth) {
+        const int64_t i = delta[o];
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) {
+          const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 8
+          for (int k = 0; k < N; ++k) r[k][v] += wv * load(s0 + (src[k] - src[0]) + i + v * L);
+        }
+      }
+    } else {
+      for (size_t o = 0; o < s.offsets.size(); ++o) {
+        const Offset& off = s.offsets[o];
+        const T* w = coef + o * kTileWidth + p0;
+        const int64_t i = delta[o] + p0;
+        if (off.begin <= p0 && p0 + V * L <= off.end) {  // the whole block is valid
+#pragma GCC unroll 8
+          for (int64_t v = 0; v < V; ++v) {
+            const Vec<T> wv = load(w + v * L);
+#pragma GCC unroll 8
+            for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+          }
+          continue;
+        }
+        // Fully unrolled, so r[k][v] keep constant indices and stay in registers.
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) {
+          const int64_t lo = std::max<int64_t>(off.begin - p0 - v * L, 0);
+          const int64_t hi = std::min<int64_t>(off.end - p0 - v * L, L);
+          if (lo >= hi) continue;
+          const Vec<T> wv = load(w + v * L);
+          if (lo == 0 && hi == L) {
+#pragma GCC unroll 8
+            for (int k = 0; k < N; ++k) r[k][v] += wv * load(src[k] + i + v * L);
+          } else {
+            const auto inside = lane_mask<T>(lo, hi);
+            const Vec<T> zero = {};
+#pragma GCC unroll 8
+            for (int k = 0; k < N; ++k) {
+              r[k][v] += inside ? wv * masked_load(src[k] + i + v * L, inside) : zero;
+            }
+          }
+        }
+      }
+    }
+    if (row_scale != nullptr) {
+      for (int k = 0; k < N; ++k) {
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) r[k][v] *= load(row_scale + p0 + v * L);
+      }
+    }
+    const int64_t n = std::min(V * L, s.n - p0);
+    for (int k = 0; k < N; ++k) {
+      if (n == V * L) {
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < V; ++v) store(out[k] + p0 + v * L, r[k][v]);
+      } else if (n > 0) {
+        T tmp[V * L];
+        for (int64_t v = 0; v < V; ++v) store(tmp + v * L, r[k][v]);
+        std::copy(tmp, tmp + n, out[k] + p0);
+      }
+    }
+  }
+}
+
+// Where gather_rows reads: channel 0 of the segment start, the distance between channels, and
+// the distance to each window offset's neighbour. row_of(dr) is channel 0, column 0 of image
+// row s.h + dr in the operand's storage (the caller's NCHW tensor, an operand copy or a ring of
+// rows); the channel rows of one image row lie channel_stride apart.
+template <typename T>
+struct Source {
+  const T* row;
+  int64_t channels;
+  int64_t channel_stride;
+  std::vector<int64_t> delta;
+
+  template <typename RowOf>
+  Source(int64_t channels_, int64_t channel_stride_, const Segment& s, RowOf&& row_of)
+      : row(row_of(0) + s.w0), channels(channels_), channel_stride(channel_stride_) {
+    const T* origin = row_of(0);
+    for (const Offset& off : s.offsets) delta.push_back(row_of(off.rows) - origin + off.cols);
+  }
+};
+
+// gather_channels over every channel of src, four at a time; outputs multiplied by
+// row_scale[p] when it is given.
+template <typename T>
+void gather_rows(T* out, int64_t out_stride, const T* coef, const Source<T>& src, const Segment& s,
+                 const T* row_scale = nullptr) {
+  constexpr int64_t V = 2;
+  const T* row = src.row;
+  const int64_t* delta = src.delta.data();
+  auto group = [&](int64_t ch, auto size) {
+    constexpr int N = decltype(size)::value;
+    T* outs[N];
+    const T* rows[N];
+    for (int k = 0; k < N; ++k) {
+      outs[k] = out + (ch + k) * out_stride;
+      rows[k] = row + (ch + k) * src.channel_stride;
+    }
+    gather_channels<N, V>(outs, coef, rows, delta, s, row_scale);
+  };
+  for_each_group<kGatherChannels>(src.channels, group);
+}
+
+// ---- the caller's tensors ---------------------------------------------------------------------
+
+// A (B, C, H, W) tensor of the caller as the kernels address it: NCHW or NHWC (channels_last),
+// whichever layout_of (checks.h) gives it; `dense` makes any other strides NCHW-contiguous.
+// T is const for inputs.
+template <typename T>
+struct Planes {
+  T* data;
+  int64_t channels, height, width;
+  bool channels_last;
+
+  Planes(const at::Tensor& t, T* data_)
+      : data(data_),
+        channels(t.size(1)),
+        height(t.size(2)),
+        width(t.size(3)),
+        channels_last(layout_of(t) == at::MemoryFormat::ChannelsLast) {}
+  // Channel 0 of pixel (b, h, w).
+  T* at(int64_t b, int64_t h, int64_t w) const {
+    return channels_last ? data + ((b * height + h) * width + w) * channels
+                         : data + ((b * channels * height + h) * width + w);
+  }
+  // Copies image row h of image b into `to`, channel rows `pitch` apart (the layout the row
+  // kernels read): C row copies from NCHW, one transpose from NHWC.
+  void copy_row_to(int64_t b, int64_t h, std::remove_const_t<T>* to, int64_t pitch) const {
+    const T* from = at(b, h, 0);
+    if (channels_last) {
+      transpose(from, channels, to, pitch, width, channels);
+    } else {
+      for (int64_t c = 0; c < channels; ++c) {
+        std::memcpy(to + c * pitch, from + c * height * width, width * sizeof(T));
+      }
+    }
+  }
+};
+
+// The tensor itself when layout_of says channels_last (it is then NHWC-contiguous), else an
+// NCHW-contiguous one (a copy only for other strides).
+inline at::Tensor dense(const at::Tensor& t) {
+  return layout_of(t) == at::MemoryFormat::ChannelsLast ? t : t.contiguous();
+}
+
+// Channel rows are padded to an odd number of cache lines. With a power-of-two pitch (a
+// 128-float row is 512 bytes) the 32 channel rows a dot product walks fall into 8 of the 64
+// L1 sets and evict each other; an odd pitch spreads them over all sets.
+inline int64_t row_pitch_for(int64_t width, size_t element_size) {
+  const int64_t line = 64 / static_cast<int64_t>(element_size);
+  int64_t lines = (width + line - 1) / line;
+  if (lines % 2 == 0) ++lines;
+  return lines * line;
+}
+
+// Runs gather(out, out_stride), a gather_rows writing the segment's channel rows, into `dst`:
+// straight into an NCHW tensor, or into `scratch` (channels × kTileWidth) and then transposed
+// into the NHWC tensor's pixels.
+template <typename T, typename Gather>
+void gather_into(const Planes<T>& dst, const Segment& s, T* scratch, Gather&& gather) {
+  if (!dst.channels_last) {
+    gather(dst.at(s.b, s.h, s.w0), dst.height * dst.width);
+    return;
+  }
+  gather(scratch, kTileWidth);
+  transpose(static_cast<const T*>(scratch), kTileWidth, dst.at(s.b, s.h, s.w0), dst.channels,
+            dst.channels, s.n);
+}
+
+}  // namespace lcblock::cpu

@@ -39,8 +39,10 @@
 // Full unrolling of the fixed-size register loops (per-thread arrays must stay in registers).
 #if defined(__CUDACC__)
 #define LC_UNROLL _Pragma("unroll")
+#define LC_NO_UNROLL _Pragma("unroll 1")
 #else
 #define LC_UNROLL
+#define LC_NO_UNROLL
 #endif
 
 namespace lcblock {
@@ -188,6 +190,7 @@ LC_HD void stage_region(int t, const A& args, const Tile& tile, const Strided<co
   const int cols = args.cols;
   const int total = n * kTileH * cols;
   const bool channels_inner = x.channels_inner();
+  LC_NO_UNROLL
   for (int e = t; e < total; e += kThreads) {
     int c, r, q;
     if (channels_inner) {
@@ -217,6 +220,7 @@ LC_HD void stage_plane(int t, const A& args, const Tile& tile, const T* plane, i
   const int row0 = tile.h0 + a * args.dilation;
   const int col0 = tile.w0 + b0 * args.dilation;
   const int64_t base = int64_t(tile.b) * args.height * args.width;
+  LC_NO_UNROLL
   for (int e = t; e < kTileH * args.cols; e += kThreads) {
     const int h = row0 + e / args.cols, w = col0 + e % args.cols;
     acc_t v = acc_t(0);
@@ -242,7 +246,7 @@ LC_HD void accumulate_dots(int t, const A& args, const Tile& tile, const Pixel& 
       const acc_t own = static_cast<acc_t>(own_ptr[c * x.sc]);
       LC_UNROLL
       for (int g = 0; g < G; ++g) {
-        sums[g] += own * region[c * kPlane + base + g * args.dilation];
+        if (g < args.group) sums[g] += own * region[c * kPlane + base + g * args.dilation];
       }
     }
   }
@@ -259,7 +263,7 @@ LC_HD void accumulate_weighted(int t, const A& args, int off, int n, const acc_t
       acc_t sum = acc[off + c];
       LC_UNROLL
       for (int g = 0; g < G; ++g) {
-        sum += weight[g] * region[c * kPlane + base + g * args.dilation];
+        if (g < args.group) sum += weight[g] * region[c * kPlane + base + g * args.dilation];
       }
       acc[off + c] = sum;
     }
@@ -313,14 +317,15 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
             }
             accumulate_dots<G>(t, args, tile, px, args.pattern, c0, n, region, st.weight);
             if (!last) return;
-            // logits → weights; neighbours outside Ω_i (or past the group) weigh 0.
-            bool seen[G];
+            // logits → weights; neighbours outside Ω_i (or past the group) get logit −∞,
+            // weight 0 (they never reach lc_exp).
+            const acc_t none = -acc_t(INFINITY);
             acc_t group_max = st.max_logit;
             LC_UNROLL
             for (int g = 0; g < G; ++g) {
-              seen[g] = g < args.group && px.sees(a, b0 + g);
-              st.weight[g] *= args.scale;
-              if (seen[g] && st.weight[g] > group_max) group_max = st.weight[g];
+              const bool seen = g < args.group && px.sees(a, b0 + g);
+              st.weight[g] = seen ? st.weight[g] * args.scale : none;
+              if (st.weight[g] > group_max) group_max = st.weight[g];
             }
             if (kForward) {
               const acc_t factor = softmax_rescale(st.max_logit, st.sum, group_max);
@@ -330,10 +335,14 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
             const int base = region_index(args, t, 0);
             LC_UNROLL
             for (int g = 0; g < G; ++g) {
-              const acc_t shift =
-                  kForward ? st.max_logit : neighbour_lse[base + g * args.dilation];
-              st.weight[g] = seen[g] ? lc_exp(st.weight[g] - shift) : acc_t(0);
-              if (kForward) st.sum += st.weight[g];
+              const acc_t logit = st.weight[g];
+              acc_t w = acc_t(0);
+              if (logit != none) {
+                w = lc_exp(logit -
+                           (kForward ? st.max_logit : neighbour_lse[base + g * args.dilation]));
+              }
+              st.weight[g] = w;
+              if (kForward) st.sum += w;
             }
           });
           c0 += kStage;
@@ -357,12 +366,10 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
       const Pixel px = pixel_of(args, tile, t);
       if (!px.inside()) return;
       const acc_t inv = kForward ? acc_t(1) / st.sum : acc_t(1);
+      scalar_t* dst = args.dst.ptr + args.dst.at(tile.b, o0, px.h, px.w);
       LC_UNROLL
       for (int k = 0; k < OUT; ++k) {
-        if (o0 + k < cv) {
-          args.dst.ptr[args.dst.at(tile.b, o0 + k, px.h, px.w)] =
-              static_cast<scalar_t>(st.acc[k] * inv);
-        }
+        if (o0 + k < cv) dst[k * args.dst.sc] = static_cast<scalar_t>(st.acc[k] * inv);
       }
       if (kForward && o0 == 0) {
         args.lse_out[(int64_t(tile.b) * args.height + px.h) * args.width + px.w] =
@@ -452,13 +459,17 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
           const int base = region_index(args, t, 0);
           LC_UNROLL
           for (int g = 0; g < G; ++g) {
+            if (!(g < args.group && px.sees(a, b0 + g))) {
+              st.logit[g] = acc_t(0);
+              continue;
+            }
             const int j = base + g * args.dilation;
             const acc_t logit = args.scale * st.logit[g];
             const acc_t w_ij = lc_exp(logit - lse_i);
             const acc_t w_ji = lc_exp(logit - neighbour_lse[j]);
             const acc_t coef = args.scale * (w_ij * (st.dy_c[g] - delta_i) +
                                              w_ji * (st.c_dy[g] - neighbour_delta[j]));
-            st.logit[g] = g < args.group && px.sees(a, b0 + g) ? coef : acc_t(0);
+            st.logit[g] = coef;
           }
         });
         LC_UNROLL
@@ -479,11 +490,10 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
     ex.run([&](int t, State& st) {
       const Pixel px = pixel_of(args, tile, t);
       if (!px.inside()) return;
+      scalar_t* dst = args.dst.ptr + args.dst.at(tile.b, o0, px.h, px.w);
       LC_UNROLL
       for (int k = 0; k < OUT; ++k) {
-        if (o0 + k < cp) {
-          args.dst.ptr[args.dst.at(tile.b, o0 + k, px.h, px.w)] = static_cast<scalar_t>(st.acc[k]);
-        }
+        if (o0 + k < cp) dst[k * args.dst.sc] = static_cast<scalar_t>(st.acc[k]);
       }
     });
     o0 += OUT;

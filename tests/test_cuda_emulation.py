@@ -3,8 +3,8 @@
 ``_tiled_forward`` / ``_tiled_backward`` run the phases of csrc/tiled/tiled_kernels.h block by
 block and thread by thread between the barriers, with the CUDA launcher's configuration
 (csrc/cpu/tiled_emulation.cpp). Shapes are picked around the tile (8 x 32 pixels), the staged
-channel chunk (8), the register chunks of output channels (16 forward / grad_content, 8
-grad_pattern) and the window groups (8 / 4 column offsets, fewer at large dilations), so that
+channel chunk (8), the register chunks of output channels (16 per pass in every
+kernel) and the window groups (8 / 4 column offsets, fewer at large dilations), so that
 tiles straddle every border, images are smaller than a tile, channel counts are not multiples
 of a chunk, and layouts mix. Shared memory starts as NaN in the emulator: a read of an element
 that no phase staged poisons the result.
@@ -141,9 +141,16 @@ def test_channel_chunks_and_passes(cp, cc):
     check(*make(1, cp, cc, 11, 37, torch.float64), 5, 1, 0.5)
 
 
+@pytest.mark.parametrize(("kernel_size", "dilation"), [(9, 1), (11, 2), (17, 1)])
+def test_windows_wider_than_a_group(kernel_size, dilation):
+    # Rows of 9-17 offsets: several groups of 8 (forward) / 4 (grad_pattern), the last partial.
+    check(*make(1, 3, 4, 19, 70, torch.float64), kernel_size, dilation, 0.4)
+
+
 @pytest.mark.parametrize("dilation", [5, 11, 40])
 def test_large_dilations_shrink_the_window_groups(dilation):
-    # d = 5: groups of 7 (forward) / 4; d = 11: 3 / 3; d = 40: 1 / 1 (region = one tile wide).
+    # k = 5: groups of 5 (forward) / 4 (grad_pattern) at d = 5; 3 / 3 at d = 11 (the region is
+    # at most 64 columns); 1 / 1 at d = 40 (one tile wide).
     check(*make(1, 3, 4, 17, 90, torch.float64), 5, dilation, 0.7)
 
 
@@ -163,6 +170,25 @@ def test_layouts_are_native_and_follow_the_inputs(layout, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_half_types_accumulate_in_float(dtype, layout):
     check(*make(1, 6, 10, 12, 40, dtype, layout), 5, 1, 0.5)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+    ids=["f64", "f32", "f16", "bf16"],
+)
+@pytest.mark.parametrize(("cp", "cc"), [(16, 24), (12, 8)])
+def test_nhwc_vector_loads(cp, cc, dtype):
+    # NHWC with 16-byte aligned pixels: whole 8-channel chunks are staged with vector loads;
+    # 12 channels: a vector chunk, then a scalar tail of 4.
+    check(*make(1, cp, cc, 9, 40, dtype, "nhwc"), 5, 2, 0.3)
+
+
+def test_misaligned_nhwc_views_fall_back_to_scalar_loads():
+    x, c, dy = make(1, 17, 9, 9, 40, torch.float32, "nhwc")
+    xs = x[:, 1:]  # 16 channels, but the view starts 4 bytes into each pixel
+    assert xs.is_contiguous(memory_format=torch.channels_last) is False
+    check(xs, c, dy, 3, 1, 0.3)
 
 
 def test_strided_inputs_are_read_in_place():

@@ -58,7 +58,7 @@ ArgsOf<scalar_t> base_args(const at::Tensor& pattern, const at::Tensor& content,
   const int64_t extent = std::max<int64_t>(1, std::max(height, width));
   const int64_t radius = std::min<int64_t>(kernel_size / 2, extent);
   const int64_t dil = std::min<int64_t>(dilation, extent);
-  launch = make_launch(content.size(0), height, width, dil, max_group);
+  launch = make_launch(content.size(0), height, width, radius, dil, max_group);
   ArgsOf<scalar_t> a{};
   a.pattern = strided<const scalar_t>(pattern);
   a.content = strided<const scalar_t>(content);

@@ -67,7 +67,7 @@ constexpr int kSmemElems = kStage * kPlane + 2 * kTileH * kMaxCols;
 constexpr int kGatherGroup = 8;   // forward and grad_content
 constexpr int kGatherOut = 16;
 constexpr int kPatternGroup = 4;  // grad_pattern: three per-neighbour sums per offset
-constexpr int kPatternOut = 8;
+constexpr int kPatternOut = 16;
 
 // One tensor of shape (B, C, H, W) with arbitrary strides (in elements).
 template <typename T>
@@ -109,14 +109,18 @@ struct Launch {
   int group, cols;
 };
 
-inline Launch make_launch(int64_t batch, int64_t height, int64_t width, int64_t dilation,
-                          int max_group) {
+// A group holds at most max_group (the kernel's G) offsets, at most the window's width, and
+// no more than fit in a kMaxCols-wide region at this dilation.
+inline Launch make_launch(int64_t batch, int64_t height, int64_t width, int64_t radius,
+                          int64_t dilation, int max_group) {
   Launch l;
   l.tiles_h = static_cast<int>((height + kTileH - 1) / kTileH);
   l.tiles_w = static_cast<int>((width + kTileW - 1) / kTileW);
   l.blocks = batch * l.tiles_h * l.tiles_w;
-  const int64_t fit = 1 + (kMaxCols - kTileW) / dilation;  // >= 1
-  l.group = static_cast<int>(fit < max_group ? fit : max_group);
+  int64_t group = 1 + (kMaxCols - kTileW) / dilation;  // >= 1
+  if (group > 2 * radius + 1) group = 2 * radius + 1;
+  if (group > max_group) group = max_group;
+  l.group = static_cast<int>(group);
   l.cols = kTileW + static_cast<int>((l.group - 1) * dilation);
   return l;
 }
@@ -179,6 +183,33 @@ LC_HD int region_index(const A& args, int t, int g) {
   return (t / kTileW) * args.cols + t % kTileW + g * args.dilation;
 }
 
+// Whether the kStage channels from c0 of every pixel of x are one aligned 16-byte multiple in
+// memory (NHWC with a channel count that keeps pixels 16-byte aligned): then a thread stages a
+// whole pixel with vector loads (float: two 16-byte loads, half/bfloat16: one).
+template <typename scalar_t>
+LC_HD bool pixels_are_vectors(const Strided<const scalar_t>& x, int c0) {
+  constexpr int64_t bytes = sizeof(scalar_t);
+  return x.sc == 1 && (kStage * bytes) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(x.ptr) % 16 == 0 && (x.sb * bytes) % 16 == 0 &&
+         (x.sh * bytes) % 16 == 0 && (x.sw * bytes) % 16 == 0 && (c0 * bytes) % 16 == 0;
+}
+
+// kStage consecutive channels at p (16-byte aligned on the GPU, see pixels_are_vectors).
+template <typename scalar_t, typename acc_t>
+LC_HD void load_pixel(const scalar_t* p, acc_t (&v)[kStage]) {
+#ifdef __CUDA_ARCH__
+  constexpr int kWords = kStage * sizeof(scalar_t) / 16;
+  uint4 raw[kWords];
+  LC_UNROLL
+  for (int k = 0; k < kWords; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
+  const scalar_t* values = reinterpret_cast<const scalar_t*>(raw);
+  LC_UNROLL
+  for (int c = 0; c < kStage; ++c) v[c] = static_cast<acc_t>(values[c]);
+#else
+  for (int c = 0; c < kStage; ++c) v[c] = static_cast<acc_t>(p[c]);
+#endif
+}
+
 // Phase body: thread t's share of staging channels [c0, c0 + n) of x for window row a and the
 // group starting at column offset b0 into region[c · kPlane + row · cols + col]. Out-of-image
 // elements are staged as zeros.
@@ -188,6 +219,23 @@ LC_HD void stage_region(int t, const A& args, const Tile& tile, const Strided<co
   const int row0 = tile.h0 + a * args.dilation;
   const int col0 = tile.w0 + b0 * args.dilation;
   const int cols = args.cols;
+  if (n == kStage && pixels_are_vectors(x, c0)) {  // one pixel's chunk per thread
+    LC_NO_UNROLL
+    for (int e = t; e < kTileH * cols; e += kThreads) {
+      const int r = e / cols, q = e % cols;
+      const int h = row0 + r, w = col0 + q;
+      acc_t v[kStage];
+      if (h >= 0 && h < args.height && w >= 0 && w < args.width) {
+        load_pixel(x.ptr + x.at(tile.b, c0, h, w), v);
+      } else {
+        LC_UNROLL
+        for (int c = 0; c < kStage; ++c) v[c] = acc_t(0);
+      }
+      LC_UNROLL
+      for (int c = 0; c < kStage; ++c) region[c * kPlane + e] = v[c];
+    }
+    return;
+  }
   const int total = n * kTileH * cols;
   const bool channels_inner = x.channels_inner();
   LC_NO_UNROLL

@@ -188,8 +188,11 @@ def find_cuobjdump() -> str | None:
 
 
 def find_library() -> str | None:
+    """The build of this checkout (an in-place build), else that of the importable package."""
+    locations = [str(Path(__file__).resolve().parent.parent / "lcblock_cuda")]
     spec = importlib.util.find_spec("lcblock_cuda")
-    for location in (spec.submodule_search_locations or []) if spec else []:
+    locations += list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
         hits = sorted(glob.glob(os.path.join(location, "_C*.so")))
         if hits:
             return hits[0]

@@ -4,7 +4,7 @@
 block and thread by thread between the barriers, with the CUDA launcher's configuration
 (csrc/cpu/tiled_emulation.cpp). Shapes are picked around the tile (8 x 32 pixels), the staged
 channel chunk (8), the register chunks of output channels (16 per pass in every
-kernel) and the window groups (8 / 4 column offsets, fewer at large dilations), so that
+kernel) and the window groups (7 / 4 column offsets, fewer at large dilations), so that
 tiles straddle every border, images are smaller than a tile, channel counts are not multiples
 of a chunk, and layouts mix. Shared memory starts as NaN in the emulator: a read of an element
 that no phase staged poisons the result.
@@ -143,7 +143,7 @@ def test_channel_chunks_and_passes(cp, cc):
 
 @pytest.mark.parametrize(("kernel_size", "dilation"), [(9, 1), (11, 2), (17, 1)])
 def test_windows_wider_than_a_group(kernel_size, dilation):
-    # Rows of 9-17 offsets: several groups of 8 (forward) / 4 (grad_pattern), the last partial.
+    # Rows of 9-17 offsets: several groups of 7 (forward) / 4 (grad_pattern), the last partial.
     check(*make(1, 3, 4, 19, 70, torch.float64), kernel_size, dilation, 0.4)
 
 

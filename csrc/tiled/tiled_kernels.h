@@ -64,7 +64,7 @@ constexpr int kSmemElems = kStage * kPlane + 2 * kTileH * kMaxCols;
 
 // Window offsets per group and output channels per pass, per kernel. Chosen so that every
 // float32/float16/bfloat16 kernel stays within 64 registers (README, "CUDA kernels").
-constexpr int kGatherGroup = 8;   // forward and grad_content
+constexpr int kGatherGroup = 7;   // forward and grad_content
 constexpr int kGatherOut = 16;
 constexpr int kPatternGroup = 4;  // grad_pattern: three per-neighbour sums per offset
 constexpr int kPatternOut = 16;
@@ -177,6 +177,11 @@ LC_HD Pixel pixel_of(const A& args, const Tile& tile, int t) {
   return p;
 }
 
+LC_HD int min3(int a, int b, int c) {
+  const int ab = a < b ? a : b;
+  return ab < c ? ab : c;
+}
+
 // Offset of thread t's neighbour g inside a region plane.
 template <typename A>
 LC_HD int region_index(const A& args, int t, int g) {
@@ -194,19 +199,45 @@ LC_HD bool pixels_are_vectors(const Strided<const scalar_t>& x, int c0) {
          (x.sh * bytes) % 16 == 0 && (x.sw * bytes) % 16 == 0 && (c0 * bytes) % 16 == 0;
 }
 
-// kStage consecutive channels at p (16-byte aligned on the GPU, see pixels_are_vectors).
-template <typename scalar_t, typename acc_t>
-LC_HD void load_pixel(const scalar_t* p, acc_t (&v)[kStage]) {
 #ifdef __CUDA_ARCH__
-  constexpr int kWords = kStage * sizeof(scalar_t) / 16;
+// 32-bit word k (0-3) of a 16-byte vector.
+__device__ __forceinline__ uint32_t word_of(const uint4& u, int k) {
+  return k == 0 ? u.x : k == 1 ? u.y : k == 2 ? u.z : u.w;
+}
+#endif
+
+// Stages the kStage consecutive channels at p (16-byte aligned on the GPU, see
+// pixels_are_vectors) into dst[c · kPlane]. The GPU reads them as 16-byte vectors and unpacks
+// the words bit-exactly (memcpy of scalars, which stays in registers).
+template <typename scalar_t, typename acc_t>
+LC_HD void stage_pixel(const scalar_t* p, acc_t* dst) {
+#ifdef __CUDA_ARCH__
+  constexpr int kBytes = sizeof(scalar_t);
+  constexpr int kWords = kStage * kBytes / 16;
   uint4 raw[kWords];
   LC_UNROLL
   for (int k = 0; k < kWords; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
-  const scalar_t* values = reinterpret_cast<const scalar_t*>(raw);
   LC_UNROLL
-  for (int c = 0; c < kStage; ++c) v[c] = static_cast<acc_t>(values[c]);
+  for (int c = 0; c < kStage; ++c) {
+    const int byte = c * kBytes;
+    scalar_t value;
+    if constexpr (kBytes == 2) {
+      const uint32_t w = word_of(raw[byte / 16], (byte % 16) / 4);
+      const uint16_t bits = static_cast<uint16_t>(byte % 4 == 0 ? w & 0xffffu : w >> 16);
+      memcpy(&value, &bits, 2);
+    } else if constexpr (kBytes == 4) {
+      const uint32_t bits = word_of(raw[byte / 16], (byte % 16) / 4);
+      memcpy(&value, &bits, 4);
+    } else {
+      static_assert(kBytes == 8, "scalar types of 2, 4 or 8 bytes");
+      const uint64_t bits = word_of(raw[byte / 16], (byte % 16) / 4) |
+                            (uint64_t(word_of(raw[byte / 16], (byte % 16) / 4 + 1)) << 32);
+      memcpy(&value, &bits, 8);
+    }
+    dst[c * kPlane] = static_cast<acc_t>(value);
+  }
 #else
-  for (int c = 0; c < kStage; ++c) v[c] = static_cast<acc_t>(p[c]);
+  for (int c = 0; c < kStage; ++c) dst[c * kPlane] = static_cast<acc_t>(p[c]);
 #endif
 }
 
@@ -224,15 +255,12 @@ LC_HD void stage_region(int t, const A& args, const Tile& tile, const Strided<co
     for (int e = t; e < kTileH * cols; e += kThreads) {
       const int r = e / cols, q = e % cols;
       const int h = row0 + r, w = col0 + q;
-      acc_t v[kStage];
       if (h >= 0 && h < args.height && w >= 0 && w < args.width) {
-        load_pixel(x.ptr + x.at(tile.b, c0, h, w), v);
+        stage_pixel(x.ptr + x.at(tile.b, c0, h, w), region + e);
       } else {
         LC_UNROLL
-        for (int c = 0; c < kStage; ++c) v[c] = acc_t(0);
+        for (int c = 0; c < kStage; ++c) region[c * kPlane + e] = acc_t(0);
       }
-      LC_UNROLL
-      for (int c = 0; c < kStage; ++c) region[c * kPlane + e] = v[c];
     }
     return;
   }
@@ -396,10 +424,10 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
           c0 += kStage;
         } while (c0 < cp);
         LC_UNROLL
-        for (int sub = 0; sub < OUT / kStage; ++sub) {
+        for (int sub = 0; sub < (OUT + kStage - 1) / kStage; ++sub) {
           const int v0 = o0 + sub * kStage;
           if (v0 < cv) {
-            const int n = cv - v0 < kStage ? cv - v0 : kStage;
+            const int n = min3(kStage, cv - v0, OUT - sub * kStage);
             ex.run([&](int t, State&) {
               stage_region<scalar_t>(t, args, tile, values, a, b0, v0, n, region);
             });
@@ -521,10 +549,10 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
           }
         });
         LC_UNROLL
-        for (int sub = 0; sub < OUT / kStage; ++sub) {
+        for (int sub = 0; sub < (OUT + kStage - 1) / kStage; ++sub) {
           const int v0 = o0 + sub * kStage;
           if (v0 < cp) {
-            const int n = cp - v0 < kStage ? cp - v0 : kStage;
+            const int n = min3(kStage, cp - v0, OUT - sub * kStage);
             ex.run([&](int t, State&) {
               stage_region<scalar_t>(t, args, tile, args.pattern, a, b0, v0, n, region);
             });

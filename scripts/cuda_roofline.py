@@ -11,8 +11,9 @@ of G offsets, OUT output channels per pass):
     of the pixel's own features;
   * shared-memory loads (4-byte words) and FLOPs (FMA = 2, exp = 1);
 
-and turns each into time with the peak rates of an H100 SXM below, reporting the largest (the
-bound) plus a fixed launch latency. Real kernels reach a fraction of these peaks, so the times
+and turns each into time with the peak rates of an H100 SXM below (the SM-side rates scaled
+down when the grid has fewer blocks than the GPU has SMs), reporting the largest (the bound)
+plus a fixed launch latency. Real kernels reach a fraction of these peaks, so the times
 are lower bounds to compare against measurements from scripts/gpu_check.sh.
 
     python scripts/cuda_roofline.py              # markdown table, headline and LCNet shapes
@@ -34,6 +35,7 @@ H100 = dict(
     flops=67e12,
     exp=132 * 1.98e9 * 16,
     launch_s=4e-6,
+    sms=132,
 )
 
 TILE_H, TILE_W, STAGE, MAX_COLS = 8, 32, 8, 64
@@ -107,20 +109,23 @@ def estimate(s: Shape, kernel: str, elem: int = 4) -> dict:
         dram = 2 * s.cc * pixels * elem + pixels * 4
         staged, own, smem, flops, exps = 0, 2 * s.cc, 0, 2 * s.cc * pixels, 0
         region = 0
-        return _times(kernel, s, dram, own * pixels * elem, 0, flops, 0)
+        return _times(kernel, s, tiles, dram, own * pixels * elem, 0, flops, 0)
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
     l2 = staged * region * elem + own * pixels * elem
-    return _times(kernel, s, dram, l2, smem * pixels * 4, flops * pixels, exps * pixels)
+    blocks = tiles * passes  # one block per tile and pass
+    return _times(kernel, s, blocks, dram, l2, smem * pixels * 4, flops * pixels, exps * pixels)
 
 
-def _times(kernel, s, dram, l2, smem, flops, exps) -> dict:
+def _times(kernel, s, blocks, dram, l2, smem, flops, exps) -> dict:
+    # Fewer blocks than SMs leave SMs idle: the SM-side rates scale with the busy fraction.
+    busy = min(1.0, blocks / H100["sms"])
     parts = {
         "DRAM": dram / H100["dram"],
-        "L2": l2 / H100["l2"],
-        "shared": smem / H100["shared"],
-        "FP32": flops / H100["flops"],
-        "exp": exps / H100["exp"],
+        "L2": l2 / (H100["l2"] * busy),
+        "shared": smem / (H100["shared"] * busy),
+        "FP32": flops / (H100["flops"] * busy),
+        "exp": exps / (H100["exp"] * busy),
     }
     bound = max(parts, key=parts.get)
     return {
@@ -130,6 +135,7 @@ def _times(kernel, s, dram, l2, smem, flops, exps) -> dict:
         "l2_mb": l2 / 1e6,
         "shared_mb": smem / 1e6,
         "gflop": flops / 1e9,
+        "blocks": blocks,
         "bound": bound,
         "us": 1e6 * (parts[bound] + H100["launch_s"]),
     }
@@ -140,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype-bytes", type=int, default=4, help="4 (float32) or 2 (half)")
     args = parser.parse_args(argv)
     print(
-        "| shape | kernel | DRAM MB | L2->SM MB | shared MB | GFLOP | bound | est. µs |\n"
-        "|---|---|---:|---:|---:|---:|---|---:|"
+        "| shape | kernel | blocks | DRAM MB | L2->SM MB | shared MB | GFLOP | bound | est. µs |\n"
+        "|---|---|---:|---:|---:|---:|---:|---|---:|"
     )
     for s in SHAPES:
         for kernel in ("forward", "delta", "grad_content", "grad_pattern"):
             r = estimate(s, kernel, args.dtype_bytes)
             print(
-                f"| {r['shape']} | {r['kernel']} | {r['dram_mb']:.1f} | {r['l2_mb']:.1f} | "
+                f"| {r['shape']} | {r['kernel']} | {r['blocks']} | {r['dram_mb']:.1f} | "
+                f"{r['l2_mb']:.1f} | "
                 f"{r['shared_mb']:.1f} | {r['gflop']:.3f} | {r['bound']} | {r['us']:.0f} |"
             )
     return 0

@@ -43,10 +43,11 @@ inline at::Tensor empty_in_layout_of(const at::Tensor& like) {
 
 // The Args fields common to every kernel; the radius and dilation are clamped to the image
 // (offsets beyond it select nothing), so that they fit the kernels' 32-bit index math.
+// `channels` outputs per pixel, out_per_pass per block: the kernel's G and OUT.
 template <typename scalar_t>
 ArgsOf<scalar_t> base_args(const at::Tensor& pattern, const at::Tensor& content,
                            int64_t kernel_size, int64_t dilation, double scale, int max_group,
-                           Launch& launch) {
+                           int64_t channels, int out_per_pass, Launch& launch) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t height = content.size(2), width = content.size(3);
   TORCH_CHECK(height <= std::numeric_limits<int>::max() / 2 &&
@@ -58,7 +59,8 @@ ArgsOf<scalar_t> base_args(const at::Tensor& pattern, const at::Tensor& content,
   const int64_t extent = std::max<int64_t>(1, std::max(height, width));
   const int64_t radius = std::min<int64_t>(kernel_size / 2, extent);
   const int64_t dil = std::min<int64_t>(dilation, extent);
-  launch = make_launch(content.size(0), height, width, radius, dil, max_group);
+  launch = make_launch(content.size(0), height, width, radius, dil, max_group, channels,
+                       out_per_pass);
   ArgsOf<scalar_t> a{};
   a.pattern = strided<const scalar_t>(pattern);
   a.content = strided<const scalar_t>(content);
@@ -72,6 +74,7 @@ ArgsOf<scalar_t> base_args(const at::Tensor& pattern, const at::Tensor& content,
   a.scale = static_cast<acc_t>(scale);
   a.tiles_h = launch.tiles_h;
   a.tiles_w = launch.tiles_w;
+  a.passes = launch.passes;
   a.group = launch.group;
   a.cols = launch.cols;
   return a;
@@ -90,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_forward(const at::Tensor& pattern,
                                   "local_correlation_forward_tiled", [&] {
     Launch launch;
     auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
-                                 launch);
+                                 content.size(1), kGatherOut, launch);
     a.dst = strided<scalar_t>(out);
     a.lse_out = lse.mutable_data_ptr<lse_type<scalar_t>>();
     Backend::template forward<scalar_t>(a, launch);
@@ -114,24 +117,26 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward(const at::Tensor& grad_out,
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor delta =
         at::empty(lse.sizes(), lse.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    Launch delta_launch;  // one thread per pixel, one pass
+    auto da = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, 1, 1, 1,
+                                  delta_launch);
+    da.grad_out = strided<const scalar_t>(grad_out);
+    da.out = strided<const scalar_t>(out);
+    da.delta_out = delta.mutable_data_ptr<acc_t>();
+    Backend::template delta<scalar_t>(da, delta_launch);
     Launch launch;
     auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
-                                 launch);
-    a.grad_out = strided<const scalar_t>(grad_out);
-    a.out = strided<const scalar_t>(out);
+                                 content.size(1), kGatherOut, launch);
+    a.grad_out = da.grad_out;
     a.lse = lse.const_data_ptr<lse_type<scalar_t>>();
-    a.delta_out = delta.mutable_data_ptr<acc_t>();
-    Backend::template delta<scalar_t>(a, launch);
-    a.delta = delta.const_data_ptr<acc_t>();
-    a.delta_out = nullptr;
     a.dst = strided<scalar_t>(grad_content);
     Backend::template grad_content<scalar_t>(a, launch);
     Launch pattern_launch;
     auto pa = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kPatternGroup,
-                                  pattern_launch);
+                                  pattern.size(1), kPatternOut, pattern_launch);
     pa.grad_out = a.grad_out;
     pa.lse = a.lse;
-    pa.delta = a.delta;
+    pa.delta = delta.const_data_ptr<acc_t>();
     pa.dst = strided<scalar_t>(grad_pattern);
     Backend::template grad_pattern<scalar_t>(pa, pattern_launch);
   });

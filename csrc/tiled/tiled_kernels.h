@@ -15,8 +15,9 @@
 // stages, channels in chunks of kStage, the "region" of the input that the group touches:
 // kTileH rows × (kTileW + (group−1)·d) columns, from shared memory each thread reads its
 // group's neighbours at columns tx + g·d. Each thread keeps `group` dot products (logits) in
-// registers, and OUT output channels; outputs wider than OUT take several passes that recompute
-// the logits (LCNet's 9-36 channels: 1-3 passes). The window's rows and groups that miss the
+// registers, and OUT output channels; outputs wider than OUT take several passes, one block each,
+// that recompute the logits (LCNet's 9-36 channels: 1-3 passes). A pass always runs, even
+// without output channels (the forward still writes lse, from pass 0). The window's rows and groups that miss the
 // whole tile are skipped (block-uniform bounds from valid_offsets), so kernel sizes larger than
 // the image cost what the clipped window costs.
 //
@@ -98,6 +99,7 @@ struct Args {
   int pattern_channels, content_channels;
   acc_t scale;
   int tiles_h, tiles_w;
+  int passes;  // output-channel passes, one block each (OUT channels per pass)
   int group;  // window offsets per group, <= the kernel's G
   int cols;   // region columns: kTileW + (group − 1)·dilation <= kMaxCols
 };
@@ -105,18 +107,23 @@ struct Args {
 // Launch configuration shared by the CUDA launcher and the CPU emulator.
 struct Launch {
   int tiles_h, tiles_w;
-  int64_t blocks;  // batch · tiles_h · tiles_w, one 1-D grid
+  int passes;      // ceil(channels / OUT), at least 1
+  int64_t blocks;  // passes · batch · tiles_h · tiles_w, one 1-D grid
   int group, cols;
 };
 
 // A group holds at most max_group (the kernel's G) offsets, at most the window's width, and
-// no more than fit in a kMaxCols-wide region at this dilation.
+// no more than fit in a kMaxCols-wide region at this dilation. The `channels` outputs of a
+// pixel are computed out_per_pass at a time, each pass by its own block (the passes of a tile
+// are independent), so small images still give the GPU enough blocks.
 inline Launch make_launch(int64_t batch, int64_t height, int64_t width, int64_t radius,
-                          int64_t dilation, int max_group) {
+                          int64_t dilation, int max_group, int64_t channels, int out_per_pass) {
   Launch l;
   l.tiles_h = static_cast<int>((height + kTileH - 1) / kTileH);
   l.tiles_w = static_cast<int>((width + kTileW - 1) / kTileW);
-  l.blocks = batch * l.tiles_h * l.tiles_w;
+  l.passes = static_cast<int>(channels > out_per_pass ? (channels + out_per_pass - 1) / out_per_pass
+                                                     : 1);
+  l.blocks = l.passes * batch * l.tiles_h * l.tiles_w;
   int64_t group = 1 + (kMaxCols - kTileW) / dilation;  // >= 1
   if (group > 2 * radius + 1) group = 2 * radius + 1;
   if (group > max_group) group = max_group;
@@ -127,7 +134,7 @@ inline Launch make_launch(int64_t batch, int64_t height, int64_t width, int64_t 
 
 // Block-uniform facts of one tile: its image, origin and the union of its pixels' windows.
 struct Tile {
-  int b, h0, w0;
+  int pass, b, h0, w0;
   int a_lo, a_hi, b_lo, b_hi;
 };
 
@@ -135,6 +142,9 @@ template <typename A>
 LC_HD Tile tile_of(const A& args, int block) {
   Tile t;
   const int per_image = args.tiles_h * args.tiles_w;
+  const int per_pass = args.batch * per_image;
+  t.pass = block / per_pass;
+  block -= t.pass * per_pass;
   t.b = block / per_image;
   const int rest = block - t.b * per_image;
   t.h0 = (rest / args.tiles_w) * kTileH;
@@ -366,9 +376,8 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
   acc_t* neighbour_lse = smem + kStage * kPlane;
   const Strided<const scalar_t>& values = kForward ? args.content : args.grad_out;
   const int cp = args.pattern_channels, cv = args.content_channels;
-  // A pass always runs, even without content channels: the forward still writes lse.
-  int o0 = 0;
-  do {
+  const int o0 = tile.pass * OUT;  // this block's output channels: [o0, o0 + OUT)
+  {
     ex.run([&](int t, State& st) {
       LC_UNROLL
       for (int k = 0; k < OUT; ++k) st.acc[k] = acc_t(0);
@@ -452,8 +461,7 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
             static_cast<lse_t>(st.max_logit + lc_log(st.sum));
       }
     });
-    o0 += OUT;
-  } while (o0 < cv);
+  }
 }
 
 template <int G, int OUT, typename acc_t>
@@ -478,8 +486,8 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
   acc_t* neighbour_delta = neighbour_lse + kTileH * kMaxCols;
   const int cp = args.pattern_channels, cc = args.content_channels;
   const int64_t plane = int64_t(args.height) * args.width;
-  int o0 = 0;
-  do {
+  const int o0 = tile.pass * OUT;  // this block's output channels: [o0, o0 + OUT)
+  {
     ex.run([&](int t, State& st) {
       LC_UNROLL
       for (int k = 0; k < OUT; ++k) st.acc[k] = acc_t(0);
@@ -572,8 +580,7 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
         if (o0 + k < cp) dst[k * args.dst.sc] = static_cast<scalar_t>(st.acc[k]);
       }
     });
-    o0 += OUT;
-  } while (o0 < cp);
+  }
 }
 
 struct NoState {};

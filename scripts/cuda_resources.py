@@ -9,6 +9,7 @@ kernels and dtypes apart.
     python scripts/cuda_resources.py                 # markdown table of the imported build
     python scripts/cuda_resources.py --so PATH.so    # another build
     python scripts/cuda_resources.py --json          # machine-readable
+    python scripts/cuda_resources.py --compact       # one line per kernel and dtype
     python scripts/cuda_resources.py --check         # exit 1 if a kernel misses the budget
 
 Budget (issue 9; tests/test_cuda_resources.py): every float32/float16/bfloat16 kernel on sm_80
@@ -237,11 +238,34 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def compact(rows: list[Row]) -> str:
+    """One line per (kernel, dtype), one column per arch: registers / shared / local / occ."""
+    archs = sorted({r.arch for r in rows})
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        occ = "?" if r.occupancy is None else f"{100 * r.occupancy:.1f} %"
+        cells.setdefault((r.kernel, r.dtype), {})[r.arch] = (
+            f"{r.registers} / {r.shared} / {r.local} / {occ}"
+        )
+    head = "| kernel | dtype | " + " | ".join(archs) + " |"
+    lines = [head, "|---|---|" + "---|" * len(archs)]
+    for (kernel, dtype), by_arch in sorted(cells.items()):
+        lines.append(
+            f"| {kernel} | {dtype} | " + " | ".join(by_arch.get(a, "") for a in archs) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--so", help="the extension library (default: the imported build)")
     parser.add_argument("--threads", type=int, default=THREADS_PER_BLOCK)
     parser.add_argument("--json", action="store_true", help="print JSON rows")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="one line per kernel and dtype: registers / shared B / local B / occupancy per arch",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if the budget is missed")
     args = parser.parse_args(argv)
     library = args.so or find_library()
@@ -260,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=1))
     else:
         print(f"{library} ({args.threads} threads per block)\n")
-        print(markdown(rows))
+        print(compact(rows) if args.compact else markdown(rows))
     bad = budget_violations(rows)
     if args.check and bad:
         print("\nover budget:\n  " + "\n  ".join(bad), file=sys.stderr)

@@ -593,10 +593,12 @@ LC_HD void delta_block(const Args<scalar_t, acc_t, lse_t>& args, int block) {
   ex.run([&](int t, NoState&) {
     const int h = tile.h0 + t / kTileW, w = tile.w0 + t % kTileW;
     if (h >= args.height || w >= args.width) return;
+    const scalar_t* dy = args.grad_out.ptr + args.grad_out.at(tile.b, 0, h, w);
+    const scalar_t* y = args.out.ptr + args.out.at(tile.b, 0, h, w);
     acc_t sum = acc_t(0);
+    LC_NO_UNROLL
     for (int c = 0; c < args.content_channels; ++c) {
-      sum += static_cast<acc_t>(args.grad_out.ptr[args.grad_out.at(tile.b, c, h, w)]) *
-             static_cast<acc_t>(args.out.ptr[args.out.at(tile.b, c, h, w)]);
+      sum += static_cast<acc_t>(dy[c * args.grad_out.sc]) * static_cast<acc_t>(y[c * args.out.sc]);
     }
     args.delta_out[(int64_t(tile.b) * args.height + h) * args.width + w] = sum;
   });

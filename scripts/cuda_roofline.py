@@ -17,6 +17,7 @@ plus a fixed launch latency. Real kernels reach a fraction of these peaks, so th
 are lower bounds to compare against measurements from scripts/gpu_check.sh.
 
     python scripts/cuda_roofline.py              # markdown table, headline and LCNet shapes
+    python scripts/cuda_roofline.py --summary    # one line per shape
 """
 
 from __future__ import annotations
@@ -144,7 +145,26 @@ def _times(kernel, s, blocks, dram, l2, smem, flops, exps) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype-bytes", type=int, default=4, help="4 (float32) or 2 (half)")
+    parser.add_argument(
+        "--summary", action="store_true", help="one line per shape: forward and backward"
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print(
+            "| shape | forward: DRAM / L2→SM MB, bound | est. µs | backward (3 kernels): "
+            "DRAM / L2→SM MB | est. µs |\n|---|---|---:|---|---:|"
+        )
+        for s in SHAPES:
+            f = estimate(s, "forward", args.dtype_bytes)
+            b = [
+                estimate(s, k, args.dtype_bytes) for k in ("delta", "grad_content", "grad_pattern")
+            ]
+            print(
+                f"| {s.name} | {f['dram_mb']:.1f} / {f['l2_mb']:.0f}, {f['bound']} | "
+                f"{f['us']:.0f} | {sum(r['dram_mb'] for r in b):.1f} / "
+                f"{sum(r['l2_mb'] for r in b):.0f} | {sum(r['us'] for r in b):.0f} |"
+            )
+        return 0
     print(
         "| shape | kernel | blocks | DRAM MB | L2->SM MB | shared MB | GFLOP | bound | est. µs |\n"
         "|---|---|---:|---:|---:|---:|---:|---|---:|"

@@ -14,7 +14,8 @@
 #               float32 and bfloat16
 #   racecheck   compute-sanitizer racecheck (shared-memory hazards) over the same
 #   bench_*     benchmarks/bench_lcblock.py on CUDA, shapes headline,lcnet,gopro, implementations
-#               fused,unfold,shifted,flex, float32 and bfloat16 (--json)
+#               fused,unfold,shifted,flex, float32 and bfloat16 (--json; one run per dtype and
+#               preset)
 #   lcnet       LCNet inference at 1280x720 in float32/float16/bfloat16 and a few --amp
 #               (float16 autocast + GradScaler) training steps
 #   tests_emu   the CPU emulation tests and the resource-budget test
@@ -129,11 +130,16 @@ PY
     step "$tool" 90 "$SANITIZER" --tool "$tool" --error-exitcode 1 --kernel-name kns=lcblock \
       "$PY" "$SMALL"
   done
-  for dtype in float32 bfloat16; do
-    step "bench_$dtype" 120 "$PY" benchmarks/bench_lcblock.py --device cuda --dtype "$dtype" \
-      --shapes headline,lcnet,gopro --impl fused,unfold,shifted,flex --json "$OUT/bench_$dtype.json"
+  # One run per dtype and preset, so that a slow one (flex_attention compiles) costs only its
+  # own rows.
+  bench() {
+    step "bench_$1_$2" "$3" "$PY" benchmarks/bench_lcblock.py --device cuda --dtype "$1" \
+      --shapes "$2" --impl fused,unfold,shifted,flex --json "$OUT/bench_$1_$2.json"
+  }
+  for preset in headline lcnet gopro; do
+    bench float32 "$preset" 60
   done
-  step lcnet 90 "$PY" - "$OUT/lcnet.json" <<'PY'
+  step lcnet 60 "$PY" - "$OUT/lcnet.json" <<'PY'
 import json, statistics, sys, time
 import torch
 from lcnet.model import LCNet
@@ -185,6 +191,9 @@ results["rows"].append({"what": "--amp training step, batch 4x3x256x256, L1 loss
 print(results["rows"][-1], flush=True)
 json.dump(results, open(sys.argv[1], "w"), indent=1)
 PY
+  for preset in headline lcnet gopro; do
+    bench bfloat16 "$preset" 50
+  done
   step tests_emu 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_emulation.py \
     tests/test_cuda_resources.py --junitxml="$OUT/tests_emu.xml"
 fi
@@ -200,9 +209,9 @@ for line in (out / "steps.tsv").read_text().splitlines():
 report = {"total_seconds": total, "steps": steps}
 try:
     import torch
-    report["device"] = torch.cuda.get_device_name()
     report["torch"] = torch.__version__
     report["cuda"] = torch.version.cuda
+    report["device"] = torch.cuda.get_device_name()
 except Exception as exc:  # the report must still be written
     report["device"] = f"unknown ({exc})"
 
@@ -213,8 +222,9 @@ def load(name):
     except ValueError:
         return None
 
-for key in ("resources", "bench_float32", "bench_bfloat16", "lcnet"):
+for key in ("resources", "lcnet"):
     report[key] = load(f"{key}.json")
+report["bench"] = {p.stem: load(p.name) for p in sorted(out.glob("bench_*.json"))}
 for key in ("tests_cuda", "tests_emu"):
     path = out / f"{key}.xml"
     if path.exists():
@@ -237,8 +247,7 @@ if report["resources"]:
         occ = "?" if r["occupancy"] is None else f"{100 * r['occupancy']:.1f} %"
         md.append(f"| {r['kernel']} | {r['dtype']} | {r['arch']} | {r['registers']} | "
                   f"{r['shared']} | {r['local']} | {occ} |")
-for key in ("bench_float32", "bench_bfloat16"):
-    bench = report.get(key)
+for key, bench in report["bench"].items():
     if not bench:
         continue
     md += ["", f"## {key} (benchmarks/bench_lcblock.py, medians)", "",

@@ -4,14 +4,17 @@
 // configuration (csrc/tiled/tiled_host.h). So the CPU tests check the tile indexing, halo
 // loads, channel chunks and masking these kernels execute.
 //
-// Every entry point follows one order: check → device guard → allocate → return early if
-// empty → current stream → dispatch (float, double, half, bfloat16; half and bfloat16
-// accumulate in float) → launch → C10_CUDA_KERNEL_LAUNCH_CHECK().
+// Every entry point follows one order: device guard → check → allocate (outputs in the inputs'
+// memory formats) → return early if empty → dispatch (float, double, half, bfloat16; half and
+// bfloat16 accumulate in float) → launch on the current stream → C10_CUDA_KERNEL_LAUNCH_CHECK()
+// (csrc/tiled/tiled_host.h).
 //
 // Budget (README, "CUDA kernels"; tests/test_cuda_resources.py): 256-thread blocks, at most
 // 64 registers per thread (__launch_bounds__(256, 4)), no local memory and ~21 KB of static
 // shared memory, i.e. 4 blocks = 32 of 64 warps (50 % theoretical occupancy) on sm_80 and sm_90.
 // float64 is outside the budget: it gets 2 blocks per SM (128 registers).
+// Design notes and the resource table: README, "CUDA kernels"; how this is checked without a
+// GPU: docs/DESIGN.md, "CUDA builds without a GPU".
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -41,6 +44,8 @@ struct DeviceExec {
   }
 };
 
+__device__ __forceinline__ int block_index() { return static_cast<int>(blockIdx.x); }
+
 template <typename scalar_t>
 constexpr int min_blocks() {
   return std::is_same_v<scalar_t, double> ? 2 : 4;
@@ -51,13 +56,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     forward_kernel(const ArgsOf<scalar_t> args) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kSmemElems];
-  gather_block<DeviceExec, kGatherGroup, kGatherOut, true>(args, static_cast<int>(blockIdx.x), smem);
+  gather_block<DeviceExec, kGatherGroup, kGatherOut, true>(args, block_index(), smem);
 }
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     delta_kernel(const ArgsOf<scalar_t> args) {
-  delta_block<DeviceExec>(args, static_cast<int>(blockIdx.x));
+  delta_block<DeviceExec>(args, block_index());
 }
 
 template <typename scalar_t>
@@ -65,7 +70,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     grad_content_kernel(const ArgsOf<scalar_t> args) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kSmemElems];
-  gather_block<DeviceExec, kGatherGroup, kGatherOut, false>(args, static_cast<int>(blockIdx.x), smem);
+  gather_block<DeviceExec, kGatherGroup, kGatherOut, false>(args, block_index(), smem);
 }
 
 template <typename scalar_t>
@@ -73,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     grad_pattern_kernel(const ArgsOf<scalar_t> args) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kSmemElems];
-  grad_pattern_block<DeviceExec, kPatternGroup, kPatternOut>(args, static_cast<int>(blockIdx.x), smem);
+  grad_pattern_block<DeviceExec, kPatternGroup, kPatternOut>(args, block_index(), smem);
 }
 
 unsigned grid_of(const Launch& launch) {

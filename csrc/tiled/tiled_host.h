@@ -3,9 +3,10 @@
 // dispatch. `Backend` runs the four block functions of tiled_kernels.h over a Launch: the CUDA
 // launcher as kernels, the emulator block by block, so both get exactly the same configuration.
 //
-// Layout rule (docs/DESIGN.md, "Memory layout"): inputs are read in place through their
-// strides, never copied; out and grad_content take content's memory format, grad_pattern takes
-// pattern's, lse is always a contiguous (B, H, W) tensor.
+// Layout rule (README, "CUDA kernels"; the CPU op and the Python fake kernels follow the same
+// rule): inputs are read in place through their strides, never copied; out and grad_content
+// take content's memory format (suggest_memory_format), grad_pattern takes pattern's, lse is
+// always a contiguous (B, H, W) tensor.
 #pragma once
 
 #include <ATen/ATen.h>

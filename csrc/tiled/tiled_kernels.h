@@ -7,7 +7,8 @@
 // followed by a block-wide barrier and the control flow between phases is block-uniform, so
 // running the threads of one phase one after the other is exactly what the GPU computes.
 // No warp shuffles, no atomics: every output element is written by one thread, from a fixed
-// summation order, so results are bitwise deterministic (docs/DESIGN.md, "Backward").
+// summation order, so results are bitwise deterministic (docs/DESIGN.md, "Gather-only
+// backward").
 //
 // Tiling. A block owns a tile of kTileH × kTileW output pixels of one image (one thread per
 // pixel). The window Ω is walked row of offsets by row of offsets a ∈ [-r, r]; each row is cut
@@ -15,11 +16,11 @@
 // stages, channels in chunks of kStage, the "region" of the input that the group touches:
 // kTileH rows × (kTileW + (group−1)·d) columns, from shared memory each thread reads its
 // group's neighbours at columns tx + g·d. Each thread keeps `group` dot products (logits) in
-// registers, and OUT output channels; outputs wider than OUT take several passes, one block each,
-// that recompute the logits (LCNet's 9-36 channels: 1-3 passes). A pass always runs, even
-// without output channels (the forward still writes lse, from pass 0). The window's rows and groups that miss the
-// whole tile are skipped (block-uniform bounds from valid_offsets), so kernel sizes larger than
-// the image cost what the clipped window costs.
+// registers, and OUT output channels; outputs wider than OUT take several passes, one block
+// each, that recompute the logits (LCNet's 9-36 channels: 1-3 passes). A pass always runs,
+// even without output channels (the forward still writes lse, from pass 0). The window's rows
+// and groups that miss the whole tile are skipped (block-uniform bounds from valid_offsets), so
+// kernel sizes larger than the image cost what the clipped window costs.
 //
 // The weight formula and border rule come from local_correlation_math.h (valid_offsets,
 // lc_exp/lc_log, softmax_rescale): a neighbour j of pixel i takes part iff its offset lies in

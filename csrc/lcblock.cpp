@@ -38,5 +38,14 @@ TORCH_LIBRARY(lcblock_cuda, m) {
   m.def(
       "_pixelwise_backward(Tensor grad_out, Tensor pattern, Tensor content, Tensor out, "
       "Tensor lse, int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
+  // The block code of the tiled CUDA kernels (csrc/tiled/tiled_kernels.h) run on the CPU block
+  // by block, thread by thread between the barriers, with the CUDA launch configuration
+  // (csrc/cpu/tiled_emulation.cpp). Same contract as the public ops. Not a public API.
+  m.def(
+      "_tiled_forward(Tensor pattern, Tensor content, int kernel_size, int dilation, "
+      "float scale) -> (Tensor, Tensor)");
+  m.def(
+      "_tiled_backward(Tensor grad_out, Tensor pattern, Tensor content, Tensor out, "
+      "Tensor lse, int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
   m.def("cuda_compiled() -> bool", &lcblock::cuda_compiled);
 }

@@ -51,12 +51,21 @@ constexpr int kChannelChunk = 32;
 // Valid window offsets along one axis: the a ∈ [-radius, radius] with
 // 0 <= pos + a·dilation < size, returned as the inclusive range [lo, hi].
 // pos + a·d >= 0  ⇔  a >= -floor(pos / d);   pos + a·d <= size − 1  ⇔  a <= floor((size−1−pos) / d).
-LC_HD void valid_offsets(int64_t pos, int64_t size, int64_t radius, int64_t dilation,
-                         int64_t& lo, int64_t& hi) {
-  const int64_t below = pos / dilation;
-  const int64_t above = (size - 1 - pos) / dilation;
+// One body for 64-bit (per-pixel kernels) and 32-bit indices (tiled CUDA kernels, where 64-bit
+// division costs registers).
+template <typename I>
+LC_HD void valid_offsets_of(I pos, I size, I radius, I dilation, I& lo, I& hi) {
+  const I below = pos / dilation;
+  const I above = (size - 1 - pos) / dilation;
   lo = below < radius ? -below : -radius;
   hi = above < radius ? above : radius;
+}
+LC_HD void valid_offsets(int64_t pos, int64_t size, int64_t radius, int64_t dilation,
+                         int64_t& lo, int64_t& hi) {
+  valid_offsets_of<int64_t>(pos, size, radius, dilation, lo, hi);
+}
+LC_HD void valid_offsets(int pos, int size, int radius, int dilation, int& lo, int& hi) {
+  valid_offsets_of<int>(pos, size, radius, dilation, lo, hi);
 }
 
 // Positions p ∈ [0, size) whose neighbour p + shift is inside [0, size): [begin, end).
@@ -70,6 +79,19 @@ LC_HD float lc_exp(float v) { return ::expf(v); }
 LC_HD double lc_exp(double v) { return ::exp(v); }
 LC_HD float lc_log(float v) { return ::logf(v); }
 LC_HD double lc_log(double v) { return ::log(v); }
+
+// Online softmax step: moves the running maximum of (max_logit, sum = Σ exp(logit − max_logit))
+// up to new_max when that is larger, rescaling sum, and returns the factor by which every
+// accumulator of exp(logit − max_logit)-weighted terms must be multiplied (1 when unchanged;
+// 0 when the running maximum was −∞, i.e. nothing was accumulated yet).
+template <typename acc_t>
+LC_HD acc_t softmax_rescale(acc_t& max_logit, acc_t& sum, acc_t new_max) {
+  if (!(new_max > max_logit)) return acc_t(1);
+  const acc_t factor = lc_exp(max_logit - new_max);
+  sum = sum * factor;
+  max_logit = new_max;
+  return factor;
+}
 
 // One image of the problem. scalar_t is the storage type, acc_t the accumulation type
 // (at::opmath_type<scalar_t>: float for half/bfloat16/float, double for double).
@@ -139,10 +161,7 @@ LC_HD acc_t pixel_logsumexp(const Image<scalar_t, acc_t>& im, int64_t h, int64_t
   for_each_neighbour(im, h, w, [&](int64_t j) {
     const acc_t logit = im.scale * channel_dot<scalar_t, acc_t>(im.pattern, i, im.pattern, j,
                                                                 im.pattern_channels, plane);
-    if (logit > max_logit) {
-      sum = sum * lc_exp(max_logit - logit);
-      max_logit = logit;
-    }
+    softmax_rescale(max_logit, sum, logit);
     sum += lc_exp(logit - max_logit);
   });
   return max_logit + lc_log(sum);

@@ -1,110 +1,124 @@
-// CUDA kernels of the local correlation op: thin launchers around the per-pixel functions of
-// local_correlation_math.h, which the CPU "_pixelwise" ops run too (so CPU tests check the
-// math these kernels execute).
+// CUDA kernels of the local correlation op: launchers around the block code of
+// csrc/tiled/tiled_kernels.h, which the CPU ops `_tiled_forward/_tiled_backward` run too
+// (csrc/cpu/tiled_emulation.cpp), thread by thread between the barriers, with the same launch
+// configuration (csrc/tiled/tiled_host.h). So the CPU tests check the tile indexing, halo
+// loads, channel chunks and masking these kernels execute.
 //
-// Every entry point follows one order: check → device guard → allocate → return early if
-// empty → current stream → dispatch (float, double, half, bfloat16; half and bfloat16
-// accumulate in float) → launch → C10_CUDA_KERNEL_LAUNCH_CHECK().
+// Every entry point follows one order: device guard → check → allocate (outputs in the inputs'
+// memory formats) → return early if empty → dispatch (float, double, half, bfloat16; half and
+// bfloat16 accumulate in float) → launch on the current stream → C10_CUDA_KERNEL_LAUNCH_CHECK()
+// (csrc/tiled/tiled_host.h).
 //
-// Reads go through the read-only data cache: consecutive threads take consecutive pixels of a
-// row, so every channel read of a warp is one coalesced segment, and the k² window reuse is
-// served by L1/L2. A shared-memory halo tile was not added: no GPU was available to measure
-// whether it pays against the cached reads (see README, "CUDA").
+// Budget (README, "CUDA kernels"; tests/test_cuda_resources.py): 256-thread blocks, at most
+// 64 registers per thread (__launch_bounds__(256, 4)), no local memory and ~21 KB of static
+// shared memory, i.e. 4 blocks = 32 of 64 warps (50 % theoretical occupancy) on sm_80 and sm_90.
+// float64 is outside the budget: it gets 2 blocks per SM (128 registers).
+// Design notes and the resource table: README, "CUDA kernels"; how this is checked without a
+// GPU: docs/DESIGN.md, "CUDA builds without a GPU".
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
+#include <limits>
 
-#include "../checks.h"
-#include "../problem.h"
+#include "../tiled/tiled_host.h"
 
 namespace lcblock {
+namespace tiled {
 namespace {
 
-constexpr int kThreads = 256;
+// Executor of the block code on the GPU: the calling thread's state lives in registers and
+// every phase ends with a block barrier.
+template <class State>
+struct DeviceExec {
+  State st;
 
-int64_t blocks_for(int64_t work) {
-  // Grid-stride loops below, so the grid may be capped; 2^20 blocks keep every SM busy.
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 1 << 20));
-}
-
-template <typename scalar_t>
-using lse_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// Thread mapping: one thread per output pixel (b, h, w) of the batch, grid-stride.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    forward_kernel(Problem<scalar_t, at::opmath_type<scalar_t>> prob, scalar_t* __restrict__ out,
-                   lse_type<scalar_t>* __restrict__ lse) {
-  const int64_t plane = prob.first.plane();
-  const int64_t total = prob.batch * plane;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t b = idx / plane;
-    forward_pixel<kChannelChunk>(prob.image(b), idx - b * plane,
-                                 out + b * prob.first.content_channels * plane, lse + b * plane);
+  template <class F>
+  LC_HD void run(F&& f) {
+#ifdef __CUDA_ARCH__
+    f(static_cast<int>(threadIdx.x), st);
+    __syncthreads();
+#endif
   }
+};
+
+__device__ __forceinline__ int block_index() { return static_cast<int>(blockIdx.x); }
+
+template <typename scalar_t>
+constexpr int min_blocks() {
+  return std::is_same_v<scalar_t, double> ? 2 : 4;
 }
 
-// Thread mapping: one thread per pixel (b, h, w): D = <dy, y> there.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    delta_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
-                 int64_t batch, int64_t channels, int64_t plane,
-                 at::opmath_type<scalar_t>* __restrict__ delta) {
-  const int64_t total = batch * plane;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t b = idx / plane;
-    const int64_t offset = b * channels * plane;
-    delta[idx] = pixel_delta<scalar_t, at::opmath_type<scalar_t>>(
-        grad_out + offset, out + offset, idx - b * plane, channels, plane);
-  }
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    forward_kernel(const ArgsOf<scalar_t> args) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[kSmemElems];
+  gather_block<DeviceExec, kGatherGroup, kGatherOut, true>(args, block_index(), smem);
 }
 
-// Thread mapping: one thread per input pixel (b, h, w): all channels of dx and dc there.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    backward_kernel(Problem<scalar_t, at::opmath_type<scalar_t>> prob,
-                    const scalar_t* __restrict__ grad_out,
-                    const lse_type<scalar_t>* __restrict__ lse,
-                    const at::opmath_type<scalar_t>* __restrict__ delta,
-                    scalar_t* __restrict__ grad_pattern, scalar_t* __restrict__ grad_content) {
-  const int64_t plane = prob.first.plane();
-  const int64_t total = prob.batch * plane;
-  const int64_t cp = prob.first.pattern_channels, cc = prob.first.content_channels;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t b = idx / plane;
-    const Grads<scalar_t, at::opmath_type<scalar_t>, lse_type<scalar_t>> g{
-        grad_out + b * cc * plane, lse + b * plane, delta + b * plane,
-        grad_pattern + b * cp * plane, grad_content + b * cc * plane};
-    backward_pixel<kChannelChunk>(prob.image(b), g, idx - b * plane);
-  }
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    delta_kernel(const ArgsOf<scalar_t> args) {
+  delta_block<DeviceExec>(args, block_index());
 }
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    grad_content_kernel(const ArgsOf<scalar_t> args) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[kSmemElems];
+  gather_block<DeviceExec, kGatherGroup, kGatherOut, false>(args, block_index(), smem);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
+    grad_pattern_kernel(const ArgsOf<scalar_t> args) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem[kSmemElems];
+  grad_pattern_block<DeviceExec, kPatternGroup, kPatternOut>(args, block_index(), smem);
+}
+
+unsigned grid_of(const Launch& launch) {
+  TORCH_CHECK(launch.blocks <= std::numeric_limits<int>::max(),
+              "local_correlation: the input needs ", launch.blocks,
+              " tiles, more than one CUDA grid holds (2^31 - 1)");
+  return static_cast<unsigned>(launch.blocks);
+}
+
+struct CudaBackend {
+  template <typename scalar_t>
+  static void forward(const ArgsOf<scalar_t>& a, const Launch& l) {
+    forward_kernel<scalar_t>
+        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename scalar_t>
+  static void delta(const ArgsOf<scalar_t>& a, const Launch& l) {
+    delta_kernel<scalar_t><<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename scalar_t>
+  static void grad_content(const ArgsOf<scalar_t>& a, const Launch& l) {
+    grad_content_kernel<scalar_t>
+        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename scalar_t>
+  static void grad_pattern(const ArgsOf<scalar_t>& a, const Launch& l) {
+    grad_pattern_kernel<scalar_t>
+        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& pattern,
                                                 const at::Tensor& content, int64_t kernel_size,
                                                 int64_t dilation, double scale) {
-  check_pair(pattern, content, kernel_size, dilation, scale);
   const c10::cuda::CUDAGuard device_guard(content.device());
-  const Inputs in(pattern, content);
-  auto [out, lse] = empty_forward_outputs(content);
-  if (lse.numel() == 0) return {out, lse};
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(),
-                                  "local_correlation_forward_cuda", [&] {
-    const auto prob = make_problem<scalar_t>(in, kernel_size, dilation, scale);
-    forward_kernel<scalar_t><<<blocks_for(lse.numel()), kThreads, 0, stream>>>(
-        prob, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<lse_type<scalar_t>>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {out, lse};
+  return tiled_forward<CudaBackend>(pattern, content, kernel_size, dilation, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out,
@@ -112,38 +126,17 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out,
                                                  const at::Tensor& content, const at::Tensor& out,
                                                  const at::Tensor& lse, int64_t kernel_size,
                                                  int64_t dilation, double scale) {
-  check_backward(grad_out, pattern, content, out, lse, kernel_size, dilation, scale);
   const c10::cuda::CUDAGuard device_guard(content.device());
-  const Inputs in(pattern, content);
-  at::Tensor grad_pattern = at::zeros(in.pattern.sizes(), in.pattern.options());
-  at::Tensor grad_content = at::zeros(in.content.sizes(), in.content.options());
-  if (lse.numel() == 0) return {grad_pattern, grad_content};
-  const at::Tensor dy = grad_out.contiguous(), y = out.contiguous(), l = lse.contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(),
-                                  "local_correlation_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto prob = make_problem<scalar_t>(in, kernel_size, dilation, scale);
-    const int64_t plane = prob.first.plane();
-    at::Tensor delta = at::empty(l.sizes(), l.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    delta_kernel<scalar_t><<<blocks_for(l.numel()), kThreads, 0, stream>>>(
-        dy.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), prob.batch,
-        prob.first.content_channels, plane, delta.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_kernel<scalar_t><<<blocks_for(l.numel()), kThreads, 0, stream>>>(
-        prob, dy.const_data_ptr<scalar_t>(), l.const_data_ptr<lse_type<scalar_t>>(),
-        delta.const_data_ptr<acc_t>(), grad_pattern.mutable_data_ptr<scalar_t>(),
-        grad_content.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad_pattern, grad_content};
+  return tiled_backward<CudaBackend>(grad_out, pattern, content, out, lse, kernel_size, dilation,
+                                     scale);
 }
 
 }  // namespace
+}  // namespace tiled
 
 TORCH_LIBRARY_IMPL(lcblock_cuda, CUDA, m) {
-  m.impl("local_correlation_forward", &forward_cuda);
-  m.impl("local_correlation_backward", &backward_cuda);
+  m.impl("local_correlation_forward", &tiled::forward_cuda);
+  m.impl("local_correlation_backward", &tiled::backward_cuda);
 }
 
 }  // namespace lcblock

@@ -1,8 +1,8 @@
 """Pure-PyTorch baselines of ``local_correlation`` for the benchmark (and its tests).
 
 Two implementations a user could write without the compiled kernels, both with exactly the
-semantics of :func:`lcblock_cuda.local_correlation` (DESIGN.md §1: window clipped to the image,
-out-of-image neighbours masked out of the softmax):
+semantics of :func:`lcblock_cuda.local_correlation` (docs/DESIGN.md, "Border rule": window
+clipped to the image, out-of-image neighbours masked out of the softmax):
 
 * :func:`shifted_local_correlation` -- no unfolding: one shifted *view* of the zero-padded input
   per window offset, the k² logits stacked into a (B, k², H, W) tensor, -inf where the neighbour

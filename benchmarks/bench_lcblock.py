@@ -1,6 +1,7 @@
 """Benchmark of local correlation: fused kernels against three pure-PyTorch implementations.
 
-Implementations (all with the semantics of DESIGN.md §1, window clipped and masked):
+Implementations (all with the semantics of docs/DESIGN.md, "Operator semantics" and
+"Border rule": window clipped and masked):
 
 * ``fused``   -- :func:`lcblock_cuda.local_correlation`, the compiled kernels;
 * ``unfold``  -- :func:`lcblock_cuda.reference.local_correlation` (``F.unfold`` + masked softmax);

@@ -50,8 +50,8 @@ constexpr int kChannelChunk = 32;
 
 // Valid window offsets along one axis: the a ∈ [-radius, radius] with
 // 0 <= pos + a·dilation < size, returned as the inclusive range [lo, hi].
-// pos + a·d >= 0  ⇔  a >= -floor(pos / d);   pos + a·d <= size − 1  ⇔  a <= floor((size−1−pos) / d).
-// One body for 64-bit (per-pixel kernels) and 32-bit indices (tiled CUDA kernels, where 64-bit
+// pos + a·d >= 0  ⇔  a >= -floor(pos / d);   pos + a·d <= size − 1  ⇔  a <= floor((size−1−pos) /
+// d). One body for 64-bit (per-pixel kernels) and 32-bit indices (tiled CUDA kernels, where 64-bit
 // division costs registers).
 template <typename I>
 LC_HD void valid_offsets_of(I pos, I size, I radius, I dilation, I& lo, I& hi) {
@@ -60,8 +60,8 @@ LC_HD void valid_offsets_of(I pos, I size, I radius, I dilation, I& lo, I& hi) {
   lo = below < radius ? -below : -radius;
   hi = above < radius ? above : radius;
 }
-LC_HD void valid_offsets(int64_t pos, int64_t size, int64_t radius, int64_t dilation,
-                         int64_t& lo, int64_t& hi) {
+LC_HD void valid_offsets(int64_t pos, int64_t size, int64_t radius, int64_t dilation, int64_t& lo,
+                         int64_t& hi) {
   valid_offsets_of<int64_t>(pos, size, radius, dilation, lo, hi);
 }
 LC_HD void valid_offsets(int pos, int size, int radius, int dilation, int& lo, int& hi) {
@@ -169,8 +169,8 @@ LC_HD acc_t pixel_logsumexp(const Image<scalar_t, acc_t>& im, int64_t h, int64_t
 
 // out[c0 .. c0+CHUNK) of pixel i: Σ_j w_ij c_j, accumulated in registers.
 template <int CHUNK, typename scalar_t, typename acc_t>
-LC_HD void pixel_output_chunk(const Image<scalar_t, acc_t>& im, int64_t h, int64_t w,
-                              acc_t lse, int64_t c0, scalar_t* out) {
+LC_HD void pixel_output_chunk(const Image<scalar_t, acc_t>& im, int64_t h, int64_t w, acc_t lse,
+                              int64_t c0, scalar_t* out) {
   const int64_t i = h * im.width + w;
   const int64_t plane = im.plane();
   const int64_t n = im.content_channels - c0 < CHUNK ? im.content_channels - c0 : CHUNK;
@@ -227,8 +227,8 @@ LC_HD acc_t pixel_delta(const scalar_t* grad_out, const scalar_t* out, int64_t p
 // The first term is i's own softmax, the second the softmaxes of the neighbours that see i.
 template <int CHUNK, typename scalar_t, typename acc_t, typename lse_t>
 LC_HD void pixel_grad_pattern_chunk(const Image<scalar_t, acc_t>& im,
-                                    const Grads<scalar_t, acc_t, lse_t>& g, int64_t h,
-                                    int64_t w, int64_t c0) {
+                                    const Grads<scalar_t, acc_t, lse_t>& g, int64_t h, int64_t w,
+                                    int64_t c0) {
   const int64_t i = h * im.width + w;
   const int64_t plane = im.plane();
   const int64_t n = im.pattern_channels - c0 < CHUNK ? im.pattern_channels - c0 : CHUNK;
@@ -241,12 +241,11 @@ LC_HD void pixel_grad_pattern_chunk(const Image<scalar_t, acc_t>& im,
                                                                 im.pattern_channels, plane);
     const acc_t w_ij = lc_exp(logit - lse_i);
     const acc_t w_ji = lc_exp(logit - static_cast<acc_t>(g.lse[j]));
-    const acc_t dy_i_c_j = channel_dot<scalar_t, acc_t>(g.grad_out, i, im.content, j,
-                                                        im.content_channels, plane);
-    const acc_t dy_j_c_i = channel_dot<scalar_t, acc_t>(g.grad_out, j, im.content, i,
-                                                        im.content_channels, plane);
-    const acc_t coef =
-        im.scale * (w_ij * (dy_i_c_j - delta_i) + w_ji * (dy_j_c_i - g.delta[j]));
+    const acc_t dy_i_c_j =
+        channel_dot<scalar_t, acc_t>(g.grad_out, i, im.content, j, im.content_channels, plane);
+    const acc_t dy_j_c_i =
+        channel_dot<scalar_t, acc_t>(g.grad_out, j, im.content, i, im.content_channels, plane);
+    const acc_t coef = im.scale * (w_ij * (dy_i_c_j - delta_i) + w_ji * (dy_j_c_i - g.delta[j]));
     const scalar_t* xj = im.pattern + c0 * plane + j;
     for (int t = 0; t < CHUNK; ++t) {
       if (t < n) acc[t] += coef * static_cast<acc_t>(xj[t * plane]);
@@ -260,8 +259,8 @@ LC_HD void pixel_grad_pattern_chunk(const Image<scalar_t, acc_t>& im,
 // dc_i[c0 .. c0+CHUNK) = Σ_{j∈Ω_i} w_ji · dy_j   (the neighbours j whose windows hold i).
 template <int CHUNK, typename scalar_t, typename acc_t, typename lse_t>
 LC_HD void pixel_grad_content_chunk(const Image<scalar_t, acc_t>& im,
-                                    const Grads<scalar_t, acc_t, lse_t>& g, int64_t h,
-                                    int64_t w, int64_t c0) {
+                                    const Grads<scalar_t, acc_t, lse_t>& g, int64_t h, int64_t w,
+                                    int64_t c0) {
   const int64_t i = h * im.width + w;
   const int64_t plane = im.plane();
   const int64_t n = im.content_channels - c0 < CHUNK ? im.content_channels - c0 : CHUNK;
@@ -283,8 +282,8 @@ LC_HD void pixel_grad_content_chunk(const Image<scalar_t, acc_t>& im,
 
 // Backward for pixel `pixel` of one image: all channels of grad_pattern and grad_content there.
 template <int CHUNK, typename scalar_t, typename acc_t, typename lse_t>
-LC_HD void backward_pixel(const Image<scalar_t, acc_t>& im,
-                          const Grads<scalar_t, acc_t, lse_t>& g, int64_t pixel) {
+LC_HD void backward_pixel(const Image<scalar_t, acc_t>& im, const Grads<scalar_t, acc_t, lse_t>& g,
+                          int64_t pixel) {
   const int64_t h = pixel / im.width;
   const int64_t w = pixel % im.width;
   for (int64_t c0 = 0; c0 < im.pattern_channels; c0 += CHUNK) {

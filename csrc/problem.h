@@ -15,7 +15,8 @@ struct Inputs {
   at::Tensor pattern;
   at::Tensor content;
 
-  Inputs(const at::Tensor& p, const at::Tensor& c) : pattern(p.contiguous()), content(c.contiguous()) {}
+  Inputs(const at::Tensor& p, const at::Tensor& c)
+      : pattern(p.contiguous()), content(c.contiguous()) {}
 };
 
 template <typename scalar_t>
@@ -38,9 +39,9 @@ Problem<scalar_t, at::opmath_type<scalar_t>> make_problem(const Inputs& in, int6
 
 // Outputs of the forward: (out, lse), contiguous.
 inline std::tuple<at::Tensor, at::Tensor> empty_forward_outputs(const at::Tensor& c) {
-  return {at::empty(c.sizes(), c.options().memory_format(at::MemoryFormat::Contiguous)),
-          at::empty({c.size(0), c.size(2), c.size(3)},
-                    c.options().dtype(lse_dtype(c.scalar_type())))};
+  return {
+      at::empty(c.sizes(), c.options().memory_format(at::MemoryFormat::Contiguous)),
+      at::empty({c.size(0), c.size(2), c.size(3)}, c.options().dtype(lse_dtype(c.scalar_type())))};
 }
 
 }  // namespace lcblock

@@ -72,9 +72,8 @@ struct EmulatedBackend {
 };
 
 std::tuple<at::Tensor, at::Tensor> tiled_forward_cpu(const at::Tensor& pattern,
-                                                     const at::Tensor& content,
-                                                     int64_t kernel_size, int64_t dilation,
-                                                     double scale) {
+                                                     const at::Tensor& content, int64_t kernel_size,
+                                                     int64_t dilation, double scale) {
   return tiled_forward<EmulatedBackend>(pattern, content, kernel_size, dilation, scale);
 }
 
@@ -92,9 +91,11 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_cpu(const at::Tensor& grad_out
 // (tile_h, tile_w, threads, stage_channels, max_region_cols, gather_group, gather_out,
 //  pattern_group, pattern_out, shared_bytes_float32).
 std::vector<int64_t> tiled_config() {
-  return {kTileH,       kTileW,        kThreads,      kStage,
-          kMaxCols,     kGatherGroup,  kGatherOut,    kPatternGroup,
-          kPatternOut,  static_cast<int64_t>(kSmemElems * sizeof(float))};
+  return {kTileH,      kTileW,
+          kThreads,    kStage,
+          kMaxCols,    kGatherGroup,
+          kGatherOut,  kPatternGroup,
+          kPatternOut, static_cast<int64_t>(kSmemElems * sizeof(float))};
 }
 
 }  // namespace
@@ -105,8 +106,6 @@ TORCH_LIBRARY_IMPL(lcblock_cuda, CPU, m) {
   m.impl("_tiled_backward", &tiled::tiled_backward_cpu);
 }
 
-TORCH_LIBRARY_FRAGMENT(lcblock_cuda, m) {
-  m.def("_tiled_config() -> int[]", &tiled::tiled_config);
-}
+TORCH_LIBRARY_FRAGMENT(lcblock_cuda, m) { m.def("_tiled_config() -> int[]", &tiled::tiled_config); }
 
 }  // namespace lcblock

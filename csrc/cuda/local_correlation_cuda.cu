@@ -91,8 +91,7 @@ unsigned grid_of(const Launch& launch) {
 struct CudaBackend {
   template <typename scalar_t>
   static void forward(const ArgsOf<scalar_t>& a, const Launch& l) {
-    forward_kernel<scalar_t>
-        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    forward_kernel<scalar_t><<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   template <typename scalar_t>
@@ -102,14 +101,12 @@ struct CudaBackend {
   }
   template <typename scalar_t>
   static void grad_content(const ArgsOf<scalar_t>& a, const Launch& l) {
-    grad_content_kernel<scalar_t>
-        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    grad_content_kernel<scalar_t><<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   template <typename scalar_t>
   static void grad_pattern(const ArgsOf<scalar_t>& a, const Launch& l) {
-    grad_pattern_kernel<scalar_t>
-        <<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+    grad_pattern_kernel<scalar_t><<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

@@ -5,7 +5,7 @@
 //
 // Layout rule (README, "CUDA kernels"; the CPU op and the Python fake kernels follow the same
 // rule): inputs are read in place through their strides, never copied; out and grad_content
-// take content's memory format (suggest_memory_format), grad_pattern takes pattern's, lse is
+// take content's memory format (checks.h, layout_of), grad_pattern takes pattern's, lse is
 // always a contiguous (B, H, W) tensor.
 #pragma once
 
@@ -37,11 +37,6 @@ Strided<T> strided(const at::Tensor& t) {
           t.stride(3)};
 }
 
-// A tensor of like's shape and memory format (NCHW or NHWC), uninitialised.
-inline at::Tensor empty_in_layout_of(const at::Tensor& like) {
-  return at::empty(like.sizes(), like.options().memory_format(like.suggest_memory_format()));
-}
-
 // The Args fields common to every kernel; the radius and dilation are clamped to the image
 // (offsets beyond it select nothing), so that they fit the kernels' 32-bit index math.
 // `channels` outputs per pixel, out_per_pass per block: the kernel's G and OUT.
@@ -56,12 +51,13 @@ ArgsOf<scalar_t> base_args(const at::Tensor& pattern, const at::Tensor& content,
                   pattern.size(1) <= std::numeric_limits<int>::max() &&
                   content.size(1) <= std::numeric_limits<int>::max(),
               "local_correlation: the tiled kernels need height, width and channels below 2^30, "
-              "got pattern ", pattern.sizes(), " and content ", content.sizes());
+              "got pattern ",
+              pattern.sizes(), " and content ", content.sizes());
   const int64_t extent = std::max<int64_t>(1, std::max(height, width));
   const int64_t radius = std::min<int64_t>(kernel_size / 2, extent);
   const int64_t dil = std::min<int64_t>(dilation, extent);
-  launch = make_launch(content.size(0), height, width, radius, dil, max_group, channels,
-                       out_per_pass);
+  launch =
+      make_launch(content.size(0), height, width, radius, dil, max_group, channels, out_per_pass);
   ArgsOf<scalar_t> a{};
   a.pattern = strided<const scalar_t>(pattern);
   a.content = strided<const scalar_t>(content);
@@ -86,19 +82,20 @@ std::tuple<at::Tensor, at::Tensor> tiled_forward(const at::Tensor& pattern,
                                                  const at::Tensor& content, int64_t kernel_size,
                                                  int64_t dilation, double scale) {
   check_pair(pattern, content, kernel_size, dilation, scale);
+  kernel_size = effective_kernel_size(kernel_size, dilation, content.size(2), content.size(3));
   at::Tensor out = empty_in_layout_of(content);
   at::Tensor lse = at::empty({content.size(0), content.size(2), content.size(3)},
                              content.options().dtype(lse_dtype(content.scalar_type())));
   if (lse.numel() == 0) return {out, lse};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(),
-                                  "local_correlation_forward_tiled", [&] {
-    Launch launch;
-    auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
-                                 content.size(1), kGatherOut, launch);
-    a.dst = strided<scalar_t>(out);
-    a.lse_out = lse.mutable_data_ptr<lse_type<scalar_t>>();
-    Backend::template forward<scalar_t>(a, launch);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, content.scalar_type(), "local_correlation_forward_tiled", [&] {
+        Launch launch;
+        auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
+                                     content.size(1), kGatherOut, launch);
+        a.dst = strided<scalar_t>(out);
+        a.lse_out = lse.mutable_data_ptr<lse_type<scalar_t>>();
+        Backend::template forward<scalar_t>(a, launch);
+      });
   return {out, lse};
 }
 
@@ -109,38 +106,39 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward(const at::Tensor& grad_out,
                                                   const at::Tensor& lse_in, int64_t kernel_size,
                                                   int64_t dilation, double scale) {
   check_backward(grad_out, pattern, content, out, lse_in, kernel_size, dilation, scale);
+  kernel_size = effective_kernel_size(kernel_size, dilation, content.size(2), content.size(3));
   at::Tensor grad_pattern = empty_in_layout_of(pattern);
   at::Tensor grad_content = empty_in_layout_of(content);
   if (lse_in.numel() == 0) return {grad_pattern, grad_content};
   const at::Tensor lse = lse_in.contiguous();  // (B, H, W): a copy only if it was strided
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(),
-                                  "local_correlation_backward_tiled", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor delta =
-        at::empty(lse.sizes(), lse.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    Launch delta_launch;  // one thread per pixel, one pass
-    auto da = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, 1, 1, 1,
-                                  delta_launch);
-    da.grad_out = strided<const scalar_t>(grad_out);
-    da.out = strided<const scalar_t>(out);
-    da.delta_out = delta.mutable_data_ptr<acc_t>();
-    Backend::template delta<scalar_t>(da, delta_launch);
-    Launch launch;
-    auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
-                                 content.size(1), kGatherOut, launch);
-    a.grad_out = da.grad_out;
-    a.lse = lse.const_data_ptr<lse_type<scalar_t>>();
-    a.dst = strided<scalar_t>(grad_content);
-    Backend::template grad_content<scalar_t>(a, launch);
-    Launch pattern_launch;
-    auto pa = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kPatternGroup,
-                                  pattern.size(1), kPatternOut, pattern_launch);
-    pa.grad_out = a.grad_out;
-    pa.lse = a.lse;
-    pa.delta = delta.const_data_ptr<acc_t>();
-    pa.dst = strided<scalar_t>(grad_pattern);
-    Backend::template grad_pattern<scalar_t>(pa, pattern_launch);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, content.scalar_type(), "local_correlation_backward_tiled", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        at::Tensor delta =
+            at::empty(lse.sizes(), lse.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        Launch delta_launch;  // one thread per pixel, one pass
+        auto da = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, 1, 1, 1,
+                                      delta_launch);
+        da.grad_out = strided<const scalar_t>(grad_out);
+        da.out = strided<const scalar_t>(out);
+        da.delta_out = delta.mutable_data_ptr<acc_t>();
+        Backend::template delta<scalar_t>(da, delta_launch);
+        Launch launch;
+        auto a = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kGatherGroup,
+                                     content.size(1), kGatherOut, launch);
+        a.grad_out = da.grad_out;
+        a.lse = lse.const_data_ptr<lse_type<scalar_t>>();
+        a.dst = strided<scalar_t>(grad_content);
+        Backend::template grad_content<scalar_t>(a, launch);
+        Launch pattern_launch;
+        auto pa = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kPatternGroup,
+                                      pattern.size(1), kPatternOut, pattern_launch);
+        pa.grad_out = a.grad_out;
+        pa.lse = a.lse;
+        pa.delta = delta.const_data_ptr<acc_t>();
+        pa.dst = strided<scalar_t>(grad_pattern);
+        Backend::template grad_pattern<scalar_t>(pa, pattern_launch);
+      });
   return {grad_pattern, grad_content};
 }
 

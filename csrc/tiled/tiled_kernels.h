@@ -66,7 +66,7 @@ constexpr int kSmemElems = kStage * kPlane + 2 * kTileH * kMaxCols;
 
 // Window offsets per group and output channels per pass, per kernel. Chosen so that every
 // float32/float16/bfloat16 kernel stays within 64 registers (README, "CUDA kernels").
-constexpr int kGatherGroup = 7;   // forward and grad_content
+constexpr int kGatherGroup = 7;  // forward and grad_content
 constexpr int kGatherOut = 16;
 constexpr int kPatternGroup = 4;  // grad_pattern: three per-neighbour sums per offset
 constexpr int kPatternOut = 16;
@@ -101,8 +101,8 @@ struct Args {
   acc_t scale;
   int tiles_h, tiles_w;
   int passes;  // output-channel passes, one block each (OUT channels per pass)
-  int group;  // window offsets per group, <= the kernel's G
-  int cols;   // region columns: kTileW + (group − 1)·dilation <= kMaxCols
+  int group;   // window offsets per group, <= the kernel's G
+  int cols;    // region columns: kTileW + (group − 1)·dilation <= kMaxCols
 };
 
 // Launch configuration shared by the CUDA launcher and the CPU emulator.
@@ -122,8 +122,8 @@ inline Launch make_launch(int64_t batch, int64_t height, int64_t width, int64_t 
   Launch l;
   l.tiles_h = static_cast<int>((height + kTileH - 1) / kTileH);
   l.tiles_w = static_cast<int>((width + kTileW - 1) / kTileW);
-  l.passes = static_cast<int>(channels > out_per_pass ? (channels + out_per_pass - 1) / out_per_pass
-                                                     : 1);
+  l.passes =
+      static_cast<int>(channels > out_per_pass ? (channels + out_per_pass - 1) / out_per_pass : 1);
   l.blocks = l.passes * batch * l.tiles_h * l.tiles_w;
   int64_t group = 1 + (kMaxCols - kTileW) / dilation;  // >= 1
   if (group > 2 * radius + 1) group = 2 * radius + 1;
@@ -168,9 +168,7 @@ struct Pixel {
   int a_lo, a_hi, b_lo, b_hi;
 
   LC_HD bool inside() const { return a_lo <= a_hi; }
-  LC_HD bool sees(int a, int b) const {
-    return a >= a_lo && a <= a_hi && b >= b_lo && b <= b_hi;
-  }
+  LC_HD bool sees(int a, int b) const { return a >= a_lo && a <= a_hi && b >= b_lo && b <= b_hi; }
 };
 
 template <typename A>
@@ -205,9 +203,9 @@ LC_HD int region_index(const A& args, int t, int g) {
 template <typename scalar_t>
 LC_HD bool pixels_are_vectors(const Strided<const scalar_t>& x, int c0) {
   constexpr int64_t bytes = sizeof(scalar_t);
-  return x.sc == 1 && (kStage * bytes) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(x.ptr) % 16 == 0 && (x.sb * bytes) % 16 == 0 &&
-         (x.sh * bytes) % 16 == 0 && (x.sw * bytes) % 16 == 0 && (c0 * bytes) % 16 == 0;
+  return x.sc == 1 && (kStage * bytes) % 16 == 0 && reinterpret_cast<uintptr_t>(x.ptr) % 16 == 0 &&
+         (x.sb * bytes) % 16 == 0 && (x.sh * bytes) % 16 == 0 && (x.sw * bytes) % 16 == 0 &&
+         (c0 * bytes) % 16 == 0;
 }
 
 #ifdef __CUDA_ARCH__
@@ -468,17 +466,16 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
 template <int G, int OUT, typename acc_t>
 struct PatternState {
   acc_t acc[OUT];
-  acc_t logit[G];   // logits, then the coefficient of x_j
-  acc_t dy_c[G];    // <dy_i, c_j>
-  acc_t c_dy[G];    // <dy_j, c_i>
+  acc_t logit[G];  // logits, then the coefficient of x_j
+  acc_t dy_c[G];   // <dy_i, c_j>
+  acc_t c_dy[G];   // <dy_j, c_i>
 };
 
 // grad_pattern:
 //   dx_i = s·Σ_{j∈Ω_i} [w_ij(<dy_i, c_j> − D_i) + w_ji(<dy_j, c_i> − D_j)] · x_j
 template <template <class> class Exec, int G, int OUT, typename scalar_t, typename acc_t,
           typename lse_t>
-LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int block,
-                              acc_t* smem) {
+LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc_t* smem) {
   using State = PatternState<G, OUT, acc_t>;
   Exec<State> ex;
   const Tile tile = tile_of(args, block);
@@ -510,8 +507,8 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
               LC_UNROLL
               for (int g = 0; g < G; ++g) st.logit[g] = st.dy_c[g] = st.c_dy[g] = acc_t(0);
             }
-            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.pattern, c0, n,
-                               region, st.logit);
+            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.pattern, c0, n, region,
+                               st.logit);
           });
           c0 += kStage;
         } while (c0 < cp);
@@ -521,8 +518,8 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
             stage_region<scalar_t>(t, args, tile, args.content, a, b0, c0, n, region);
           });
           ex.run([&](int t, State& st) {
-            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.grad_out, c0, n,
-                               region, st.dy_c);
+            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.grad_out, c0, n, region,
+                               st.dy_c);
           });
         }
         for (c0 = 0; c0 < cc; c0 += kStage) {  // <dy_j, c_i>
@@ -531,8 +528,8 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
             stage_region<scalar_t>(t, args, tile, args.grad_out, a, b0, c0, n, region);
           });
           ex.run([&](int t, State& st) {
-            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.content, c0, n,
-                               region, st.c_dy);
+            accumulate_dots<G>(t, args, tile, pixel_of(args, tile, t), args.content, c0, n, region,
+                               st.c_dy);
           });
         }
         ex.run([&](int t, State& st) {  // coefficients of x_j

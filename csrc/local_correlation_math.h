@@ -1,10 +1,11 @@
-// Per-pixel math of the local correlation op, shared by the CUDA kernels and the CPU
-// "pixelwise" kernels (which exist so that CPU tests exercise exactly what the GPU runs).
+// Per-pixel math of the local correlation op: the CPU "pixelwise" kernels run it whole, and the
+// tiled CUDA kernels (csrc/tiled/tiled_kernels.h) take its window bounds, exp/log and
+// online-softmax step from here.
 //
 // Layout: every pointer addresses ONE image of a contiguous NCHW tensor, i.e. channel c of
 // pixel p = h * W + w lives at ptr[c * H * W + p]. Sizes and linear indices are int64_t.
 //
-// Notation (docs/DESIGN.md, 'What the op computes'): Ω_i is the k×k window of spacing d around
+// Notation (docs/DESIGN.md, "Operator semantics"): Ω_i is the k×k window of spacing d around
 // pixel i clipped to the image; logit_ij = s·<x_i, x_j>; L_i = log Σ_{j∈Ω_i} exp(logit_ij);
 // w_ij = exp(logit_ij − L_i). The window is symmetric, so j ∈ Ω_i ⇔ i ∈ Ω_j: every backward sum
 // is a gather over Ω_i.
@@ -27,7 +28,10 @@
 //  4. csrc/cpu/backward.cpp: w_ij = exp(logit − L_i) and w_ji = exp(logit − L_j) recomputed
 //     from the saved L, vectorised over pixels, out-of-image lanes masked in the gathers
 //     (gather_channels). Specialised for the same row-segment vectorisation as the forward.
-//  5. lcblock_cuda/reference.py: F.unfold with an in-image mask and masked_fill(−inf) before
+//  5. csrc/tiled/tiled_kernels.h: the CUDA block code. Window bounds from valid_offsets, the
+//     online-softmax step from softmax_rescale; out-of-image neighbours are zeros in the staged
+//     regions and are skipped by the same bounds. Specialised for shared-memory tiles.
+//  6. lcblock_cuda/reference.py: F.unfold with an in-image mask and masked_fill(−inf) before
 //     torch.logsumexp. The test oracle: written for reading, not speed.
 // The window itself is clamped to the image before any of these run (csrc/checks.h,
 // effective_kernel_size; lcblock_cuda/_checks.py for Python): this changes no result.

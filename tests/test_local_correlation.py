@@ -1,8 +1,8 @@
 """The fused local-correlation op against the pure-PyTorch reference.
 
 CPU tests exercise both CPU paths: the row-vectorised kernels (what CPU users run) and the
-"_pixelwise" ops, which run the per-pixel functions of csrc/local_correlation_math.h that the
-CUDA kernels run too. Tests marked `cuda` repeat the checks on a GPU and skip without one.
+"_pixelwise" ops, which run the per-pixel functions of csrc/local_correlation_math.h (the CUDA
+kernels' block code is tested through the "_tiled" ops, tests/test_cuda_emulation.py). Tests marked `cuda` repeat the checks on a GPU and skip without one.
 """
 
 from __future__ import annotations

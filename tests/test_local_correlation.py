@@ -2,7 +2,8 @@
 
 CPU tests exercise both CPU paths: the row-vectorised kernels (what CPU users run) and the
 "_pixelwise" ops, which run the per-pixel functions of csrc/local_correlation_math.h (the CUDA
-kernels' block code is tested through the "_tiled" ops, tests/test_cuda_emulation.py). Tests marked `cuda` repeat the checks on a GPU and skip without one.
+kernels' block code is tested through the "_tiled" ops, tests/test_cuda_emulation.py). Tests
+marked `cuda` repeat the checks on a GPU and skip without one.
 """
 
 from __future__ import annotations

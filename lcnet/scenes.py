@@ -57,14 +57,19 @@ SCENE_KINDS = ("dead_leaves", "photo")
 #: the crop).
 PHOTO_SCALES = (1.0, 0.75, 0.55)
 
+# ------------------------------------------- camera blur, shared with version 1 (lcnet.synth)
 GAMMA = 2.2
 UINT8_MAX = 255
 #: Frames averaged per blurry image (GOPRO: 7-13 frames at 240 fps).
 MIN_FRAMES, MAX_FRAMES = 7, 15
-#: Camera path length over the exposure in output pixels, log-uniform (as version 1).
+#: Length of the camera path over the exposure, in output pixels, drawn log-uniformly (GOPRO:
+#: roughly 5-30 px at 1280x720).
 MIN_PATH_PX, MAX_PATH_PX = 3.0, 18.0
+#: Standard deviation (radians) of the per-frame change of heading: shake on top of drift.
 HEADING_JITTER_RAD = 0.35
+#: Relative standard deviation of the per-frame step length (the camera speeds up, slows).
 SPEED_JITTER = 0.3
+#: Largest total in-plane rotation over the exposure, degrees.
 MAX_ROTATION_DEG = 1.0
 #: Moving objects per pair and the length of their own path (relative to the background).
 MIN_OBJECTS, MAX_OBJECTS = 0, 3
@@ -345,7 +350,7 @@ def make_pair(
 
     n_frames = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
     path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
-    camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, 0.3)
+    camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     mid = n_frames // 2
     rotations = total_rotation * (np.arange(n_frames) - mid) / max(n_frames - 1, 1)
@@ -398,8 +403,8 @@ def make_pair(
     assert sharp is not None
     noise_levels = float(rng.uniform(MIN_NOISE_LEVELS, MAX_NOISE_LEVELS))
     noise = rng.normal(0.0, noise_levels / UINT8_MAX, (2, height, width, 3)).astype(np.float32)
-    blur = _quantise(srgb_sum / n_frames + noise[0])
-    blur_gamma = _quantise((linear_sum / n_frames) ** (1.0 / GAMMA) + noise[1])
+    blur = quantise(srgb_sum / n_frames + noise[0])
+    blur_gamma = quantise((linear_sum / n_frames) ** (1.0 / GAMMA) + noise[1])
     draw = PairDraw(
         kind=kind,
         source=source,
@@ -411,8 +416,9 @@ def make_pair(
         object_path_px=tuple(round(float(np.abs(np.diff(o[3], axis=0)).sum()), 2) for o in objects),
         noise_levels=round(noise_levels, 3),
     )
-    return blur, blur_gamma, _quantise(sharp), draw
+    return blur, blur_gamma, quantise(sharp), draw
 
 
-def _quantise(x: np.ndarray) -> np.ndarray:
+def quantise(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint8, rounded."""
     return np.clip(np.rint(x * UINT8_MAX), 0, UINT8_MAX).astype(np.uint8)

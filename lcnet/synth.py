@@ -49,9 +49,21 @@ import skimage
 import torch
 from skimage.transform import AffineTransform, warp
 
-from . import metrics
+from . import metrics, scenes
 from .io import BLUR_DIRS as BLUR_DIRS  # noqa: F401 (lcnet.synth.BLUR_DIRS, as before)
 from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, read_image, write_png
+from .scenes import (
+    GAMMA,
+    HEADING_JITTER_RAD,
+    MAX_FRAMES,
+    MAX_PATH_PX,
+    MAX_ROTATION_DEG,
+    MIN_FRAMES,
+    MIN_PATH_PX,
+    SPEED_JITTER,
+    UINT8_MAX,
+    quantise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,19 +119,9 @@ PAIRS_PER_SEQUENCE = 8
 MIN_SIZE = 16
 
 # -------------------------------------------------------------------- blur simulation
-GAMMA = 2.2
-#: Frames averaged per blurry image (GOPRO: 7-13 frames at 240 fps).
-MIN_FRAMES, MAX_FRAMES = 7, 15
-#: Length of the camera path over the exposure, in pixels of the source photo, drawn
-#: log-uniformly (GOPRO: roughly 5-30 px at 1280x720). Crops are taken at the photos' native
-#: scale, so the blur per pixel does not depend on the crop ``size``.
-MIN_PATH_PX, MAX_PATH_PX = 3.0, 18.0
-#: Standard deviation (radians) of the per-frame change of heading: shake on top of drift.
-HEADING_JITTER_RAD = 0.35
-#: Relative standard deviation of the per-frame step length (the camera speeds up, slows).
-SPEED_JITTER = 0.3
-#: Largest total in-plane rotation over the exposure, degrees.
-MAX_ROTATION_DEG = 1.0
+# The camera-blur constants (GAMMA, frames, path length, jitter, rotation) are shared with
+# version 2 and live in lcnet.scenes. Version 1 crops at the photos' native scale, so its path
+# length is in pixels of the source photo and the blur per pixel does not depend on ``size``.
 #: Sensor noise added to the blurry images, standard deviation in 8-bit grey levels.
 MIN_NOISE_LEVELS, MAX_NOISE_LEVELS = 1.0, 2.0
 #: Crop positions tried per pair; the one with the most texture (mean absolute gradient)
@@ -128,7 +130,6 @@ CROP_TRIES = 8
 MIN_TEXTURE = 0.03
 #: Interpolation order of the sub-pixel warps (1 = bilinear).
 WARP_ORDER = 1
-UINT8_MAX = 255
 #: Threads generating pairs (warps, numpy maths and PNG encoding release the GIL).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
@@ -157,10 +158,6 @@ def _load_source(name: str) -> np.ndarray:
     """A bundled photograph as float32 HxWx3 in [0, 1] (float32 halves the cost of the
     gamma maths; the rounding to uint8 hides the difference)."""
     return read_image(_source_dir() / name).astype(np.float32) / np.float32(UINT8_MAX)
-
-
-def _quantise(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * UINT8_MAX), 0, UINT8_MAX).astype(np.uint8)
 
 
 def _trajectory(
@@ -271,10 +268,10 @@ def _make_pair(
     noise_levels = float(rng.uniform(MIN_NOISE_LEVELS, MAX_NOISE_LEVELS))
     sigma = noise_levels / UINT8_MAX
     noise = rng.normal(0.0, sigma, (2, *srgb_sum.shape)).astype(np.float32)
-    blur = _quantise(srgb_sum / n_frames + noise[0])
-    blur_gamma = _quantise((linear_sum / n_frames) ** (1.0 / GAMMA) + noise[1])
+    blur = quantise(srgb_sum / n_frames + noise[0])
+    blur_gamma = quantise((linear_sum / n_frames) ** (1.0 / GAMMA) + noise[1])
     # The middle frame has no displacement: it is exactly the crop.
-    sharp = _quantise(source[top : top + height, left : left + width])
+    sharp = quantise(source[top : top + height, left : left + width])
     params = BlurParams(
         name=name,
         source=source_name,
@@ -332,8 +329,6 @@ def _build_v2(
 ) -> None:
     """Version 2 (:mod:`lcnet.scenes`): train pairs alternate dead leaves and photographs,
     test pairs are photographs of the test sources; the manifest comes last."""
-    from . import scenes
-
     jobs = []
     for split_code, (split, n_pairs) in enumerate((("train", train_pairs), ("test", test_pairs))):
         for index in range(n_pairs):

@@ -37,7 +37,16 @@ RUN_FILES = ("config.json", "train.log", "metrics.jsonl", "last.pt", "best.pt")
 
 # Flags that describe the model or the optimiser's schedule: a resumed run cannot change them,
 # because the checkpoint's weights or its optimiser / scheduler state would contradict them.
-FROZEN_ON_RESUME = ("widths", "kernel_size", "lr", "lr_step_epochs", "lr_gamma")
+FROZEN_ON_RESUME = (
+    "widths",
+    "kernel_size",
+    "lr",
+    "lr_step_epochs",
+    "lr_gamma",
+    "schedule",
+    "warmup_steps",
+    "optimizer",
+)
 # Flags that change which batches are drawn or how the loss is computed: a resumed run may
 # change them, but then it no longer matches an uninterrupted run, which the log says.
 CHANGES_TRAJECTORY = (

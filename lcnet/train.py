@@ -275,9 +275,10 @@ def train(cfg: TrainConfig, explicit: frozenset[str] | None = None) -> TrainResu
     Raises :class:`~lcnet.errors.LCNetError` for user errors. Under ``torchrun`` every process
     calls this.
     """
-    cfg.validate()
     ddp = dist_from_env()
-    _check_batch_split(cfg.batch_size, ddp.world_size)
+    if not cfg.resume:  # a resumed run is checked once its saved flags are merged in
+        cfg.validate()
+        _check_batch_split(cfg.batch_size, ddp.world_size)
     if ddp.enabled and not dist.is_initialized():
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
@@ -322,8 +323,9 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     loss_fn = _loss(cfg).to(device)
     optimizer, scheduler = _optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    state, rng_state = _State(), None
+    state, rng_state, horizon = _State(), None, None
     if ckpt is not None:
+        horizon = _saved_cosine_horizon(ckpt)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if amp and ckpt.get("scaler"):
@@ -340,7 +342,16 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     if cfg.schedule == "cosine":  # a factor per step; the scheduler's state is its step count
-        _set_cosine(scheduler, cfg.warmup_steps, total_steps)
+        # A resumed run keeps the horizon it started with: its learning rate at every step is
+        # that of the uninterrupted run, and it may stop earlier but not train past the end.
+        if horizon is not None and total_steps > horizon:
+            length = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"--epochs {cfg.epochs}"
+            raise LCNetError(
+                f"--resume: {out / 'last.pt'} follows a cosine schedule that ends at step "
+                f"{horizon} (learning rate 0 there); {length} would train past it: resume "
+                f"with --max-steps {horizon} or fewer, or start a new run"
+            )
+        _set_cosine(scheduler, cfg.warmup_steps, horizon or total_steps)
 
     # ---- from here on rank 0 writes into the run folder ----
     ddp.barrier()
@@ -350,6 +361,7 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
                 "train": cfg.to_dict(), "model": model.config.to_dict(), "data_root": str(root),
                 "train_pairs": len(dataset), "steps_per_epoch": plan.steps_per_epoch,
                 "total_steps": total_steps, "world_size": ddp.world_size,
+                "schedule_steps": (horizon or total_steps) if cfg.schedule == "cosine" else None,
                 "per_rank_batch": cfg.batch_size // ddp.world_size, "workers": workers,
                 "device": describe_device(device), "amp": amp,
                 "params": model.num_parameters(), "size_mib": model.size_mib(),
@@ -451,6 +463,15 @@ class _CosineFactor:
 
     def __call__(self, step: int) -> float:
         return cosine_factor(step, self.warmup_steps, self.total_steps)
+
+
+def _saved_cosine_horizon(ckpt: Mapping[str, Any]) -> int | None:
+    """The step at which a checkpoint's cosine schedule ends (None: not a cosine run)."""
+    lambdas = ckpt.get("scheduler", {}).get("lr_lambdas") or [None]
+    saved = lambdas[0]  # LambdaLR keeps a callable object's attributes in its state
+    if isinstance(saved, Mapping) and isinstance(saved.get("total_steps"), int):
+        return saved["total_steps"]
+    return None
 
 
 def _set_cosine(scheduler: Any, warmup_steps: int, total_steps: int) -> None:

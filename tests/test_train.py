@@ -348,3 +348,82 @@ def test_ranks_agree_on_a_stop_only_every_few_steps(monkeypatch: pytest.MonkeyPa
     assert stops == [step % every == 0 for step in range(1, 2 * every + 1)]
     assert lcnet.train._stop_requested(stop, Dist(), 3) is False  # one process: no collective
     assert len(reduced) == 2
+
+
+# ---------------------------------------------------- a cosine run's schedule survives a resume
+COSINE = ["--schedule", "cosine", "--warmup-steps", "1"]
+
+
+def _stop_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Make the next run receive Ctrl-C after ``steps`` optimiser steps."""
+    real_step = lcnet.train._train_step
+    calls = []
+
+    def step_then_ctrl_c(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(lcnet.train, "_train_step", step_then_ctrl_c)
+
+
+def test_cosine_resume_keeps_the_schedule_of_the_interrupted_run(
+    tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert _train(tiny_gopro, whole, *COSINE, "--max-steps", "6") == 0
+    _stop_after(monkeypatch, 3)
+    assert _train(tiny_gopro, split, *COSINE, "--max-steps", "6") == 130
+    monkeypatch.undo()
+    assert main(["train", "--out", str(split), "--resume"]) == 0
+    a, b = _load(whole / "last.pt"), _load(split / "last.pt")
+    for key in (*RESUME_STATE, "rng"):
+        _assert_equal(a[key], b[key], key)
+
+
+def test_cosine_resume_may_stop_earlier_on_the_same_schedule(
+    tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert _train(tiny_gopro, whole, *COSINE, "--max-steps", "8") == 0
+    _stop_after(monkeypatch, 2)
+    assert _train(tiny_gopro, split, *COSINE, "--max-steps", "8") == 130
+    monkeypatch.undo()
+    assert main(["train", "--out", str(split), "--resume", "--max-steps", "5"]) == 0
+    lrs = {r["step"]: r["lr"] for r in _records(whole) if "lr" in r}
+    resumed = {r["step"]: r["lr"] for r in _records(split) if "lr" in r}
+    assert max(resumed) == 5
+    # Same learning rate at every step: the schedule still ends at step 8, not at 5.
+    assert resumed == {step: lrs[step] for step in resumed}
+    assert resumed[5] > 0
+
+
+def test_cosine_resume_refuses_to_train_past_the_schedule(
+    tiny_gopro: Path, tmp_path: Path, capsys: Any
+) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_gopro, run, *COSINE, "--max-steps", "3") == 0
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 2
+    line = _error_line(capsys)
+    assert "cosine" in line and "step 3" in line and "--max-steps 6" in line
+    assert (run / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--schedule", "step"), ("--warmup-steps", "2"), ("--optimizer", "adamw")]
+)
+def test_resume_refuses_another_schedule_or_optimizer(
+    tiny_gopro: Path, tmp_path: Path, capsys: Any, flag: str, value: str
+) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_gopro, run, *COSINE, "--max-steps", "2") == 0
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", flag, value, "--max-steps", "2"]) == 2
+    line = _error_line(capsys)
+    assert flag in line and value in line
+    assert (run / "last.pt").read_bytes() == before

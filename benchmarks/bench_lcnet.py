@@ -2,9 +2,12 @@
 reference op, against a yardstick, plus the trainer's images per second.
 
 The yardstick is LCNet's own convolutions with every local-correlation op replaced by a copy of
-its content input (``content.clone()``), in channels_last: what the network would cost if the
-op were free. All variants run in ONE process, interleaved round by round, and the table
-reports medians (the machine may be shared).
+its content input, in channels_last: what the network would cost if the op were free. The copy
+passes a zero gradient to the pattern features so that the pattern convolutions' backward still
+runs (a plain ``content.clone()``, the ``copy-no-pattern-grad`` row, lets autograd skip it and
+so understates the convolutions). All variants run in ONE process, interleaved round by round;
+times are medians over rounds and "x yardstick" is the median of the per-round ratios (the
+machine may be shared).
 
 Rows:
 
@@ -47,24 +50,47 @@ BATCH, PATCH = 8, 96
 INFER_H, INFER_W = 720, 1280
 
 
+class _FreeOp(torch.autograd.Function):
+    """A free local-correlation op: the output is a copy of the content features; backward
+    hands content its gradient and pattern a zero gradient, so the pattern convolution's
+    backward runs as it does with the real op."""
+
+    @staticmethod
+    def forward(ctx, pattern: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return content.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(grad), grad
+
+
 class _Copy(torch.nn.Module):
-    """Stands in for the local-correlation op: returns a copy of the content features."""
+    """Stands in for the local-correlation op (see :class:`_FreeOp`). ``pattern_grad=False``
+    is the first yardstick: ``content.clone()``, which leaves the pattern convolution out of
+    backward altogether (autograd prunes it), so it understates LCNet's own convolutions."""
 
     backend, scale = "copy", 1.0
 
+    def __init__(self, pattern_grad: bool = True) -> None:
+        super().__init__()
+        self.pattern_grad = pattern_grad
+
     def forward(self, pattern: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        if self.pattern_grad:
+            return _FreeOp.apply(pattern, content)
         return content.clone()
 
 
 def build(variant: str, channels_last: bool) -> LCNet:
-    """``variant``: "fused", "reference" or "yardstick" (op replaced by a copy)."""
+    """``variant``: "fused", "reference", "yardstick" (op replaced by a free copy) or
+    "copy-no-pattern-grad" (the first yardstick: a plain copy; see :class:`_Copy`)."""
     backend = "reference" if variant == "reference" else "fused"
     torch.manual_seed(0)
     model = LCNet(LCNetConfig(lc_backend=backend))
-    if variant == "yardstick":
+    if variant in ("yardstick", "copy-no-pattern-grad"):
         for module in model.modules():
             if isinstance(module, LCBlock):
-                module.correlation = _Copy()
+                module.correlation = _Copy(pattern_grad=variant == "yardstick")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -145,7 +171,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
-    variants = ["yardstick", "fused"] + ([] if args.no_reference else ["reference"])
+    variants = ["yardstick", "copy-no-pattern-grad", "fused"]
+    variants += [] if args.no_reference else ["reference"]
     layouts = [("channels_last", True), ("NCHW", False)]
     fns: dict[tuple[str, str, str], Callable[[], None]] = {}
     for variant in variants:
@@ -165,16 +192,25 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{args.rounds} interleaved rounds, medians")  # fmt: skip
-    print(f"{'row':<12} {'op':<10} {'layout':<14} {'ms':>9} {'x yardstick':>12}")
+    # "x yardstick": the median over rounds of the ratio within a round (the variant and the
+    # yardstick timed seconds apart), with its range: steadier than a ratio of medians when
+    # the machine's speed drifts.
+    print(f"{'row':<12} {'op':<21} {'layout':<14} {'ms':>9} {'x yardstick':>12}  range")
     rows = []
     for what in ("train step", "inference"):
-        base = med[(what, "yardstick", "channels_last")]
+        base = times[(what, "yardstick", "channels_last")]
         for variant in variants:
             for layout, _ in layouts:
                 ms = med[(what, variant, layout)] * 1e3
-                ratio = med[(what, variant, layout)] / base
-                rows.append({"row": what, "op": variant, "layout": layout, "ms": ms, "x": ratio})
-                print(f"{what:<12} {variant:<10} {layout:<14} {ms:9.1f} {ratio:12.2f}")
+                timed = times[(what, variant, layout)]
+                per_round = [t / b for t, b in zip(timed, base, strict=True)]
+                ratio = statistics.median(per_round)
+                rows.append({
+                    "row": what, "op": variant, "layout": layout, "ms": ms, "x": ratio,
+                    "x_min": min(per_round), "x_max": max(per_round),
+                })  # fmt: skip
+                print(f"{what:<12} {variant:<21} {layout:<14} {ms:9.1f} {ratio:12.2f}  "
+                      f"{min(per_round):.2f}-{max(per_round):.2f}")  # fmt: skip
     for what in ("train step", "inference"):
         fused = med[(what, "fused", "channels_last")]
         share = (fused - med[(what, "yardstick", "channels_last")]) / fused

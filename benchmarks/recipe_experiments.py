@@ -42,16 +42,31 @@ def load_split(root: Path, split: str, blur_dir: str) -> tuple[list[np.ndarray],
 
 
 def batch_from(
-    rng: np.random.Generator, blurs: list[np.ndarray], sharps: list[np.ndarray], n: int, p: int
+    rng: np.random.Generator,
+    blurs: list[np.ndarray],
+    sharps: list[np.ndarray],
+    n: int,
+    p: int,
+    candidates: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n random p x p crops with flips and channel permutation, as (n, 3, p, p) float32."""
+    """n random p x p crops with flips and channel permutation, as (n, 3, p, p) float32.
+
+    ``candidates`` > 1: each crop is the one of that many random candidates whose blurry and
+    sharp crops differ most (mean squared error): training spends its steps where PSNR is lost.
+    """
     b = np.empty((n, p, p, 3), np.uint8)
     s = np.empty((n, p, p, 3), np.uint8)
     for k in range(n):
-        i = int(rng.integers(len(blurs)))
-        h, w = blurs[i].shape[:2]
-        top, left = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
-        x, y = blurs[i][top : top + p, left : left + p], sharps[i][top : top + p, left : left + p]
+        best = -1.0
+        for _ in range(candidates):
+            i = int(rng.integers(len(blurs)))
+            h, w = blurs[i].shape[:2]
+            top, left = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+            cx = blurs[i][top : top + p, left : left + p]
+            cy = sharps[i][top : top + p, left : left + p]
+            err = float(np.square(cx.astype(np.float32) - cy).mean()) if candidates > 1 else 0.0
+            if err > best:
+                best, x, y = err, cx, cy
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, ::-1]
         if rng.random() < 0.5:
@@ -62,9 +77,22 @@ def batch_from(
     return to(b), to(s)
 
 
+def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of (B, C, H, W) (or its inverse)."""
+    if not inverse:
+        x = x.flip(-1) if k >= 4 else x
+        return torch.rot90(x, k % 4, (-2, -1))
+    x = torch.rot90(x, -(k % 4), (-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
 @torch.no_grad()
 def evaluate(
-    model: LCNet, blurs: list[np.ndarray], sharps: list[np.ndarray], channels_last: bool
+    model: LCNet,
+    blurs: list[np.ndarray],
+    sharps: list[np.ndarray],
+    channels_last: bool,
+    tta: bool = False,
 ) -> dict[str, float]:
     model.eval()
     gains = []
@@ -72,7 +100,11 @@ def evaluate(
         x = torch.from_numpy(blur).permute(2, 0, 1)[None].float().div(255)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = to_uint8(model(x)[0])
+        if tta:  # self-ensemble over the 8 flips/rotations (EDSR+)
+            y = sum(_dihedral(model(_dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+        else:
+            y = model(x)
+        out = to_uint8(y[0])
         gains.append((psnr(out, sharp), psnr(blur, sharp)))
     model.train()
     arr = np.array(gains)
@@ -136,6 +168,8 @@ def main() -> None:
     ap.add_argument("--init", choices=("xavier", "identity", "output"), default="xavier")
     ap.add_argument("--lc-logits", choices=("dot", "cosine"), default="dot")
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--widths", default="18,36,72", help="LCNet widths (the paper's: 18,36,72)")
+    ap.add_argument("--kernel-size", type=int, default=5, help="LCBlock window")
     ap.add_argument("--loss", choices=("l1", "charbonnier", "l2", "l1fft"), default="l1")
     ap.add_argument("--fft-weight", type=float, default=0.1, help="weight of l1fft's FFT term")
     ap.add_argument("--channels-last", type=int, default=1)
@@ -143,6 +177,13 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
+    ap.add_argument(
+        "--crop-candidates", type=int, default=1, help="keep the hardest of N random crops"
+    )
+    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights; 0: none")
+    ap.add_argument("--lr-lc", type=float, default=1.0, help="LR multiplier of LCBlock params")
+    ap.add_argument("--eval-train", type=int, default=0, help="also evaluate N training pairs")
+    ap.add_argument("--tta", action="store_true", help="also evaluate with 8-fold self-ensemble")
     ap.add_argument("--tag", default="")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/recipe_results.jsonl"))
     args = ap.parse_args()
@@ -157,7 +198,13 @@ def main() -> None:
         tests[str(extra)] = load_split(extra, "test", args.blur_dir)
 
     init = "xavier" if args.init == "output" else args.init
-    cfg = LCNetConfig(init=init, lc_logits=args.lc_logits, scale=args.scale)
+    cfg = LCNetConfig(
+        widths=tuple(int(w) for w in args.widths.split(",")),
+        kernel_size=args.kernel_size,
+        init=init,
+        lc_logits=args.lc_logits,
+        scale=args.scale,
+    )
     model = LCNet(cfg)
     if args.init == "output":  # only the output convolution starts at zero
         conv = model.decoders[-1].upsample[0]
@@ -166,8 +213,18 @@ def main() -> None:
     mf = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=mf)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(
-        model.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay
+    lc_params = {id(p) for m in model.modules() if isinstance(m, LCBlock) for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in lc_params], "mult": 1.0},
+        {"params": [p for p in model.parameters() if id(p) in lc_params], "mult": args.lr_lc},
+    ]
+    optimizer = opt_cls(groups, lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        )
+        if args.ema > 0
+        else None
     )
     loss_fn = DeblurLoss(content_weight=0.0)
 
@@ -188,8 +245,10 @@ def main() -> None:
     for step in range(args.steps):
         lr = lr_at(step, args)
         for g in optimizer.param_groups:
-            g["lr"] = lr
-        blur, sharp = batch_from(rng, train_b, train_s, args.batch, args.patch)
+            g["lr"] = lr * g["mult"]
+        blur, sharp = batch_from(
+            rng, train_b, train_s, args.batch, args.patch, args.crop_candidates
+        )
         blur = blur.contiguous(memory_format=mf)
         sharp = sharp.contiguous(memory_format=mf)
         loss = loss_of(model(blur), sharp)
@@ -202,6 +261,8 @@ def main() -> None:
             model.parameters(), args.clip if args.clip > 0 else float("inf")
         )
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         window.append(float(loss.detach()))
         gmax = max(gmax, float(gnorm))
         if (step + 1) % args.log_every == 0:
@@ -220,22 +281,34 @@ def main() -> None:
                 rec["improved"] = ev["improved"]
             print(json.dumps(rec), flush=True)
             log.append(rec)
-    train_s = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
     result = {k: v for k, v in vars(args).items() if k not in ("results", "test_data")}
     result["data"] = str(args.data)
-    result.update(status=status, train_s=round(train_s, 1), log=log)
+    result.update(status=status, train_s=round(elapsed, 1), log=log)
     if status == "ok":
+        final = ema.module if ema is not None else model
+        cl = bool(args.channels_last)
+        runs = {name: (data, False) for name, data in tests.items()}
+        if args.eval_train:
+            runs["train"] = ((train_b[: args.eval_train], train_s[: args.eval_train]), False)
+        if args.tta:
+            runs.update({f"{name}+tta": (data, True) for name, data in tests.items()})
         result["eval"] = {
             name: {k: round(v, 3) if isinstance(v, float) else v for k, v in ev.items()}
-            for name, data in tests.items()
-            for ev in [evaluate(model, *data, bool(args.channels_last))]
+            for name, (data, tta) in runs.items()
+            for ev in [evaluate(final, *data, cl, tta)]
         }
+        if ema is not None:
+            result["eval_raw"] = {
+                name: round(evaluate(model, *data, cl)["gain_db"], 3)
+                for name, data in tests.items()
+            }
     summary = {
         "tag": args.tag,
         "status": status,
         "train_s": result["train_s"],
         **{
-            Path(name).name: f"{e['gain_db']:+.2f} dB, {e['improved']}/{e['images']}"
+            Path(name).name or name: f"{e['gain_db']:+.2f} dB, {e['improved']}/{e['images']}"
             for name, e in result.get("eval", {}).items()
         },
     }

@@ -1,5 +1,5 @@
-"""GOPRO-layout deblurring data: pair listing, image I/O, the training/evaluation dataset and
-the embedded default (synthetic) data set.
+"""GOPRO-layout deblurring data: the training/evaluation dataset (pairs listed and images read
+by :mod:`lcnet.io`) and the embedded default (synthetic) data set.
 
 Layout (GOPRO_Large, Nah et al. 2017)::
 

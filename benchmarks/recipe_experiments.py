@@ -138,6 +138,36 @@ def logit_ranges(model: LCNet, x: torch.Tensor) -> list[float]:
     return [round(v, 2) for v in found]
 
 
+class LayerNorm2d(torch.nn.Module):
+    """Normalise each pixel's channels (NAFNet's LayerNorm2d), with a learned affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(channels, 1, 1))
+        self.bias = torch.nn.Parameter(torch.zeros(channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        return (x - mean) / (var + self.eps).sqrt() * self.weight + self.bias
+
+
+def add_layer_norms(model: LCNet) -> None:
+    """Pre-norm residual branches: a LayerNorm2d before every res-block body and before the
+    LCBlocks' pattern and content convolutions (a departure from the paper, which has none)."""
+    from lcnet.model import ResBlock
+
+    for module in model.modules():
+        if isinstance(module, ResBlock):
+            c = module.body[0].in_channels
+            module.body = torch.nn.Sequential(LayerNorm2d(c), *module.body)
+        elif isinstance(module, LCBlock):
+            c = module.pattern.in_channels
+            module.pattern = torch.nn.Sequential(LayerNorm2d(c), module.pattern)
+            module.content = torch.nn.Sequential(LayerNorm2d(c), module.content)
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -170,6 +200,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--widths", default="18,36,72", help="LCNet widths (the paper's: 18,36,72)")
     ap.add_argument("--kernel-size", type=int, default=5, help="LCBlock window")
+    ap.add_argument("--norm", choices=("none", "layer"), default="none", help="see add_layer_norms")
     ap.add_argument("--loss", choices=("l1", "charbonnier", "l2", "l1fft"), default="l1")
     ap.add_argument("--fft-weight", type=float, default=0.1, help="weight of l1fft's FFT term")
     ap.add_argument("--channels-last", type=int, default=1)
@@ -206,6 +237,8 @@ def main() -> None:
         scale=args.scale,
     )
     model = LCNet(cfg)
+    if args.norm == "layer":
+        add_layer_norms(model)
     if args.init == "output":  # only the output convolution starts at zero
         conv = model.decoders[-1].upsample[0]
         torch.nn.init.zeros_(conv.weight)

@@ -275,6 +275,8 @@ def train(cfg: TrainConfig, explicit: frozenset[str] | None = None) -> TrainResu
     Raises :class:`~lcnet.errors.LCNetError` for user errors. Under ``torchrun`` every process
     calls this.
     """
+    if cfg.resume and cfg.overwrite:
+        raise LCNetError("--resume and --overwrite exclude each other")
     ddp = dist_from_env()
     if not cfg.resume:  # a resumed run is checked once its saved flags are merged in
         cfg.validate()

@@ -427,3 +427,9 @@ def test_resume_refuses_another_schedule_or_optimizer(
     line = _error_line(capsys)
     assert flag in line and value in line
     assert (run / "last.pt").read_bytes() == before
+
+
+def test_resume_with_overwrite_is_refused_before_anything_else(tmp_path: Path, capsys: Any) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite exclude each other" in _error_line(capsys)

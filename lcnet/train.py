@@ -179,12 +179,16 @@ class TrainConfig:
                 raise LCNetError(
                     f"{flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        if self.resume and self.overwrite:
-            raise LCNetError("--resume and --overwrite exclude each other")
+        self.check_run_mode()
         try:
             self.model_config()
         except ValueError as exc:  # e.g. a width that the LCBlock squeeze does not divide
             raise LCNetError(f"--widths / --kernel-size: {exc}") from exc
+
+    def check_run_mode(self) -> None:
+        """--resume and --overwrite exclude each other (checked before anything else)."""
+        if self.resume and self.overwrite:
+            raise LCNetError("--resume and --overwrite exclude each other")
 
     def to_dict(self) -> dict[str, Any]:
         """Primitive values only (a checkpoint loads with weights_only=True)."""
@@ -275,8 +279,7 @@ def train(cfg: TrainConfig, explicit: frozenset[str] | None = None) -> TrainResu
     Raises :class:`~lcnet.errors.LCNetError` for user errors. Under ``torchrun`` every process
     calls this.
     """
-    if cfg.resume and cfg.overwrite:
-        raise LCNetError("--resume and --overwrite exclude each other")
+    cfg.check_run_mode()
     ddp = dist_from_env()
     if not cfg.resume:  # a resumed run is checked once its saved flags are merged in
         cfg.validate()
@@ -343,6 +346,7 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     total_steps = cfg.epochs * plan.steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
+    schedule_steps = None
     if cfg.schedule == "cosine":  # a factor per step; the scheduler's state is its step count
         # A resumed run keeps the horizon it started with: its learning rate at every step is
         # that of the uninterrupted run, and it may stop earlier but not train past the end.
@@ -353,7 +357,8 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
                 f"{horizon} (learning rate 0 there); {length} would train past it: resume "
                 f"with --max-steps {horizon} or fewer, or start a new run"
             )
-        _set_cosine(scheduler, cfg.warmup_steps, horizon or total_steps)
+        schedule_steps = horizon or total_steps
+        _set_cosine(scheduler, cfg.warmup_steps, schedule_steps)
 
     # ---- from here on rank 0 writes into the run folder ----
     ddp.barrier()
@@ -363,7 +368,7 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
                 "train": cfg.to_dict(), "model": model.config.to_dict(), "data_root": str(root),
                 "train_pairs": len(dataset), "steps_per_epoch": plan.steps_per_epoch,
                 "total_steps": total_steps, "world_size": ddp.world_size,
-                "schedule_steps": (horizon or total_steps) if cfg.schedule == "cosine" else None,
+                "schedule_steps": schedule_steps,
                 "per_rank_batch": cfg.batch_size // ddp.world_size, "workers": workers,
                 "device": describe_device(device), "amp": amp,
                 "params": model.num_parameters(), "size_mib": model.size_mib(),

@@ -57,6 +57,31 @@ def _assert_equal(a: Any, b: Any, where: str = "") -> None:
         assert a == b, where
 
 
+def _stop_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Make the next run receive Ctrl-C after ``steps`` optimiser steps."""
+    real_step = lcnet.train._train_step
+    calls = []
+
+    def step_then_ctrl_c(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(lcnet.train, "_train_step", step_then_ctrl_c)
+
+
+def _refused_resume(run: Path, capsys: Any, *flags: str) -> str:
+    """Resume ``run`` with ``flags``, expect exit 2 with last.pt untouched; the error line."""
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", *flags]) == 2
+    line = _error_line(capsys)
+    assert (run / "last.pt").read_bytes() == before
+    return line
+
+
 def _records(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -123,21 +148,11 @@ def test_resume_is_bitwise_exact(
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(
     tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step = lcnet.train._train_step
-    calls = []
-
-    def step_then_ctrl_c(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(1)
-        loss = real_step(*args, **kwargs)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(lcnet.train, "_train_step", step_then_ctrl_c)
+    _stop_after(monkeypatch, 2)
     run = tmp_path / "run"
     assert _train(tiny_gopro, run, "--max-steps", "50") == 130
     assert _load(run / "last.pt")["step"] == 2
-    monkeypatch.setattr(lcnet.train, "_train_step", real_step)
+    monkeypatch.undo()
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "3"]) == 0
     assert _load(run / "last.pt")["step"] == 3
 
@@ -354,21 +369,6 @@ def test_ranks_agree_on_a_stop_only_every_few_steps(monkeypatch: pytest.MonkeyPa
 COSINE = ["--schedule", "cosine", "--warmup-steps", "1"]
 
 
-def _stop_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    """Make the next run receive Ctrl-C after ``steps`` optimiser steps."""
-    real_step = lcnet.train._train_step
-    calls = []
-
-    def step_then_ctrl_c(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(1)
-        loss = real_step(*args, **kwargs)
-        if len(calls) == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(lcnet.train, "_train_step", step_then_ctrl_c)
-
-
 def test_cosine_resume_keeps_the_schedule_of_the_interrupted_run(
     tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -405,12 +405,8 @@ def test_cosine_resume_refuses_to_train_past_the_schedule(
 ) -> None:
     run = tmp_path / "run"
     assert _train(tiny_gopro, run, *COSINE, "--max-steps", "3") == 0
-    before = (run / "last.pt").read_bytes()
-    capsys.readouterr()
-    assert main(["train", "--out", str(run), "--resume", "--max-steps", "6"]) == 2
-    line = _error_line(capsys)
+    line = _refused_resume(run, capsys, "--max-steps", "6")
     assert "cosine" in line and "step 3" in line and "--max-steps 6" in line
-    assert (run / "last.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -421,12 +417,8 @@ def test_resume_refuses_another_schedule_or_optimizer(
 ) -> None:
     run = tmp_path / "run"
     assert _train(tiny_gopro, run, *COSINE, "--max-steps", "2") == 0
-    before = (run / "last.pt").read_bytes()
-    capsys.readouterr()
-    assert main(["train", "--out", str(run), "--resume", flag, value, "--max-steps", "2"]) == 2
-    line = _error_line(capsys)
+    line = _refused_resume(run, capsys, flag, value, "--max-steps", "2")
     assert flag in line and value in line
-    assert (run / "last.pt").read_bytes() == before
 
 
 def test_resume_with_overwrite_is_refused_before_anything_else(tmp_path: Path, capsys: Any) -> None:

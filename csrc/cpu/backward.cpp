@@ -1,8 +1,20 @@
-// CPU backward of the local correlation op (docs/DESIGN.md, 'CPU kernels'): every gradient is a
-// gather over the window of the pixel it belongs to. Work items are independent row segments;
-// per window offset three dot products (the logit, <dy_i, c_j> and <dy_j, c_i>), then two
-// gathers (dx and dc). Operands are read from (B, H, C, W) copies made from NCHW or NHWC
-// inputs; the gradients are written in their own layout (rows.h, gather_into).
+// CPU backward of the local correlation op (docs/cpu_kernels.md): every gradient is a gather over
+// the window of the pixel it belongs to, and every product of a pixel pair is computed once.
+//
+// For a pair (i, j = i + δ) the backward needs three dot products: the logit s·<x_i, x_j>,
+// A = <dy_i, c_j> and B = <dy_j, c_i>. Seen from j (offset −δ) the same pair has the same logit,
+// and A and B swap roles. So does its coefficient in dx:
+//   coef_ij = s·(w_ij(A − D_i) + w_ji(B − D_j)) = coef_ji,
+// with w_ij = exp(logit − L_i) (i's softmax weight of j), w_ji = exp(logit − L_j) and
+// D_i = <dy_i, y_i>. As in the forward (rows.h, HalfWindow), a thread walks a range of rows of
+// one image top to bottom and computes, for each row, the pairs of the forward half of the
+// window only: coef, w_ij and w_ji per pixel and forward offset, kept in rings of the last
+// radius·dilation + 1 rows. Then two gathers per row segment, over the whole window:
+//   dx_i = Σ_{j∈Ω_i} coef_ij · x_j;   dc_i = Σ_{j∈Ω_i} w_ji · dy_j,
+// reading a forward offset's values at i and a backward offset's at its mirror j = i − δ.
+// Gathers only, no atomics: every output element is summed in one fixed order whatever the
+// thread count, and the operands are read through the same (C, pitch) row copies whatever
+// their layout, so the result is bitwise the same for any thread count and either layout.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,176 +30,182 @@
 namespace lcblock::cpu {
 namespace {
 
-// Window offsets whose dot products share one pass over the pixel's own features.
-constexpr int kGroup = 4;
+// Forward window offsets per pass of the three dot products (each shares the pixel's own rows).
+constexpr int kPairOffsets = 4;
 
-// The backward reads its operands from copies laid out (B, H, C, W) (the forward copies only
-// the rows it needs, see PatternRows and ContentRows): the C channel rows of an image row are
-// contiguous. In NCHW the rows a dot product walks lie H·W elements apart, which for 128×128
-// float maps is 64 KiB, so they all fall into the same L1/L2 cache set and the prefetcher sees
-// C separate streams; here they are one contiguous block. Zeroed guards before and after the
-// data let whole register blocks read past a segment's valid span (at most
-// radius·dilation + kTileWidth elements): those lanes are computed and then masked, which keeps
-// every loop free of scalar tails.
-struct RowMajor {
-  at::Tensor buffer;
-  int64_t guard, channels, height, width;
-  int64_t pitch;  // elements from one channel row to the next (>= width, see row_pitch_for)
+// Per-thread state of the backward: row copies of the operands and the rings of pair values.
+template <typename T>
+struct PairRows {
+  const Geometry& g;
+  const HalfWindow& half;
+  int64_t reach, padded_w;
+  ChannelRows<T> xs, dys, cs, ys;
+  LogitRing<T> coef, w_ij, w_ji;  // per forward offset; w_ij doubles as the logit's scratch
+  LogitRing<T> ds, ls;            // D and L of rows h .. h + reach (one "offset")
+  const T* lse;
+  T scale;
+  int64_t dl_b = -1, dl_hi = -1;  // D, L rows up to dl_hi of image dl_b are in ds, ls
 
-  int64_t row_pitch() const { return channels * pitch; }
-  // Linear distance to the neighbour at `off`, in this tensor's layout.
-  int64_t delta(const Offset& off) const { return off.rows * row_pitch() + off.cols; }
-  // Channel 0 of pixel (b, h, w).
-  template <typename T>
-  const T* at(int64_t b, int64_t h, int64_t w) const {
-    return buffer.const_data_ptr<T>() + guard + (b * height + h) * row_pitch() + w;
+  PairRows(const Geometry& g_, const HalfWindow& half_, const Planes<const T>& x,
+           const Planes<const T>& dy, const Planes<const T>& c, const Planes<const T>& y,
+           const T* lse_, T scale_, const at::TensorOptions& options)
+      : g(g_),
+        half(half_),
+        reach(g_.radius * g_.dilation),
+        padded_w((g_.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>),
+        xs(x, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
+        dys(dy, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
+        cs(c, reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
+        ys(y, 1, ring_margin(g_), g_.tiles * kTileWidth, options),
+        coef(g_, static_cast<int64_t>(half_.forward.size()), options),
+        w_ij(g_, static_cast<int64_t>(half_.forward.size()), options),
+        w_ji(g_, static_cast<int64_t>(half_.forward.size()), options),
+        ds(g_, 1, options),
+        ls(g_, 1, options),
+        lse(lse_),
+        scale(scale_) {
+    // D and L are read at neighbours up to a margin off the row: finite values there (their
+    // lanes are masked in the gathers).
+    ds.storage.zero_();
+    ls.storage.zero_();
   }
-  template <typename T>
-  T* mutable_at(int64_t b, int64_t h, int64_t w) {
-    return buffer.mutable_data_ptr<T>() + guard + (b * height + h) * row_pitch() + w;
+
+  // D and L of rows [lo, hi] of image b.
+  void advance_dl(int64_t b, int64_t lo, int64_t hi) {
+    if (b != dl_b || lo > dl_hi) dl_b = b, dl_hi = lo - 1;
+    for (int64_t r = std::max(dl_hi + 1, lo); r <= hi; ++r) {
+      ys.advance(b, r, r);
+      dot_rows(ds.at(r, 0, 0), dys.row(r), ys.row(r), ys.src.channels, ys.pitch, padded_w);
+      std::memcpy(ls.at(r, 0, 0), lse + (b * g.height + r) * g.width, g.width * sizeof(T));
+    }
+    dl_hi = std::max(dl_hi, hi);
+  }
+
+  // The pair values of image row h for every column and every forward offset whose neighbour
+  // row is inside the image: coef, w_ij and w_ji into the rings.
+  void pairs_row(int64_t b, int64_t h) {
+    constexpr int64_t L = kLanes<T>, V = 2, B = V * L;
+    const int64_t hi = std::min(h + reach, g.height - 1);
+    xs.advance(b, h, hi);
+    dys.advance(b, h, hi);
+    cs.advance(b, h, hi);
+    advance_dl(b, h, hi);
+    const T* xi = xs.row(h);
+    const T* dyi = dys.row(h);
+    const T* ci = cs.row(h);
+    const T* li = ls.at(h, 0, 0);
+    const T* di = ds.at(h, 0, 0);
+    const int64_t cp = xs.src.channels, cc = cs.src.channels, pitch = xs.pitch;
+    int64_t n_valid = 0;
+    while (n_valid < static_cast<int64_t>(half.forward.size()) &&
+           h + half.forward[n_valid].a * g.dilation < g.height) {
+      ++n_valid;  // `forward` is ordered by a
+    }
+    const T s = scale;
+    auto group = [&](int64_t f, auto size) {
+      constexpr int N = decltype(size)::value;
+      T* lg[N];
+      T* qa[N];
+      T* qb[N];
+      const T* xj[N];
+      const T* cj[N];
+      const T* dyj[N];
+      const T* lj[N];
+      const T* dj[N];
+      for (int k = 0; k < N; ++k) {
+        const HalfWindow::Forward& off = half.forward[f + k];
+        const int64_t row = h + off.a * g.dilation, col = off.b * g.dilation;
+        lg[k] = w_ij.at(h, f + k, 0);
+        qa[k] = coef.at(h, f + k, 0);
+        qb[k] = w_ji.at(h, f + k, 0);
+        xj[k] = xs.row(row) + col;
+        cj[k] = cs.row(row) + col;
+        dyj[k] = dys.row(row) + col;
+        lj[k] = ls.at(row, 0, col);
+        dj[k] = ds.at(row, 0, col);
+      }
+      for (int64_t p0 = 0; p0 < padded_w; p0 += B) {
+        dot_rows<N, V>(lg, xi, xj, cp, pitch, p0 + B, p0, s);  // the logit, scaled
+        dot_rows<N, V>(qa, dyi, cj, cc, pitch, p0 + B, p0);    // A = <dy_i, c_j>
+        dot_rows<N, V>(qb, ci, dyj, cc, pitch, p0 + B, p0);    // B = <dy_j, c_i>
+        for (int k = 0; k < N; ++k) {
+#pragma GCC unroll 2
+          for (int64_t p = p0; p < p0 + B; p += L) {
+            const Vec<T> l = load(lg[k] + p);
+            const Vec<T> wi = exp_vec(l - load(li + p));
+            const Vec<T> wj = exp_vec(l - load(lj[k] + p));
+            const Vec<T> c =
+                s * (wi * (load(qa[k] + p) - load(di + p)) + wj * (load(qb[k] + p) - load(dj[k] + p)));
+            store(lg[k] + p, wi);
+            store(qa[k] + p, c);
+            store(qb[k] + p, wj);
+          }
+        }
+      }
+    };
+    for_each_group<kPairOffsets>(n_valid, group);
   }
 };
 
-// An uninitialised (B, H, C, W) buffer with zeroed guards; the padding after each channel row
-// is zeroed by whoever fills the rows.
-RowMajor row_major_empty(at::IntArrayRef bchw, const at::TensorOptions& options, int64_t guard) {
-  const int64_t pitch = row_pitch_for(bchw[3], options.dtype().itemsize());
-  const int64_t body = bchw[0] * bchw[1] * bchw[2] * pitch;
-  RowMajor r{at::empty({2 * guard + body}, options), guard, bchw[1], bchw[2], bchw[3], pitch};
-  r.buffer.narrow(0, 0, guard).zero_();
-  r.buffer.narrow(0, guard + body, guard).zero_();
-  return r;
-}
-
-// A copy of `t` (NCHW or NHWC, see dense) laid out (B, H, C, W): per image row, C row copies
-// from NCHW or one transpose from NHWC.
 template <typename T>
-RowMajor row_major_copy(const at::Tensor& t, int64_t guard) {
-  const at::Tensor src = dense(t);
-  const Planes<const T> from(src, src.const_data_ptr<T>());
-  RowMajor r = row_major_empty(t.sizes(), t.options(), guard);
-  T* to = r.buffer.mutable_data_ptr<T>() + guard;
-  const int64_t height = from.height, width = from.width, pitch = r.pitch;
-  at::parallel_for(0, t.size(0) * height, 16, [&](int64_t first, int64_t last) {
-    for (int64_t bh = first; bh < last; ++bh) {
-      T* rows = to + bh * from.channels * pitch;
-      from.copy_row_to(bh / height, bh % height, rows, pitch);
-      for (int64_t c = 0; c < from.channels; ++c) {
-        std::fill(rows + c * pitch + width, rows + (c + 1) * pitch, T(0));
-      }
-    }
-  });
-  return r;
-}
-
-// A multiple of 64 elements, so that segment starts keep the buffer's cache-line alignment.
-inline int64_t guard_for(const Geometry& g) {
-  return (g.radius * g.dilation + kTileWidth + 64 + 63) / 64 * 64;
-}
-
-template <typename T>
-void backward_kernel(const at::Tensor& grad_out, const at::Tensor& pattern,
-                     const at::Tensor& content, const at::Tensor& out, const at::Tensor& lse,
+void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
+                     const at::Tensor& content, const at::Tensor& out_, const at::Tensor& lse,
                      at::Tensor& grad_pattern, at::Tensor& grad_content, int64_t kernel_size,
                      int64_t dilation, double scale) {
-  constexpr int64_t L = kLanes<T>;
   const Geometry g(content, kernel_size, dilation);
-  const int64_t cp = pattern.size(1), cc = content.size(1);
-  const int64_t kk = kernel_size * kernel_size;
-  const int64_t guard = guard_for(g);
-  const RowMajor xs = row_major_copy<T>(pattern, guard), cs = row_major_copy<T>(content, guard);
-  const RowMajor dys = row_major_copy<T>(grad_out, guard), ys = row_major_copy<T>(out, guard);
-  // D_i = <dy_i, y_i> and L_i, needed at i and at every neighbour of i; (B, H, 1, W) layout.
-  const RowMajor ls = row_major_copy<T>(lse.unsqueeze(1), guard);
-  RowMajor ds = row_major_empty({g.batch, 1, g.height, g.width}, lse.options(), guard);
-  at::parallel_for(0, g.batch * g.height, 1, [&](int64_t first, int64_t last) {
-    std::vector<T> d((g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>);
-    for (int64_t row = first; row < last; ++row) {
-      const int64_t b = row / g.height, h = row % g.height;
-      dot_rows(d.data(), dys.at<T>(b, h, 0), ys.at<T>(b, h, 0), cc, dys.pitch,
-               static_cast<int64_t>(d.size()));
-      T* d_row = ds.mutable_at<T>(b, h, 0);
-      std::copy(d.begin(), d.begin() + g.width, d_row);
-      std::fill(d_row + g.width, d_row + ds.pitch, T(0));
-    }
-  });
+  const HalfWindow half(g.radius);
+  const at::Tensor grad_out = dense(grad_out_), out = dense(out_);
+  const Planes<const T> x(pattern, pattern.const_data_ptr<T>());
+  const Planes<const T> c(content, content.const_data_ptr<T>());
+  const Planes<const T> dy(grad_out, grad_out.const_data_ptr<T>());
+  const Planes<const T> y(out, out.const_data_ptr<T>());
   const Planes<T> dx(grad_pattern, grad_pattern.mutable_data_ptr<T>());
   const Planes<T> dc(grad_content, grad_content.mutable_data_ptr<T>());
+  const T* lse_ptr = lse.const_data_ptr<T>();
+  const int64_t cp = x.channels, cc = c.channels, kk = kernel_size * kernel_size;
+  const int64_t reach = g.radius * g.dilation;
   const T s = static_cast<T>(scale);
+  // Ranges of at least a few ring lengths, so that warm-up rows stay a small part.
+  const int64_t grain = std::max<int64_t>(1, 4 * reach);
 
-  at::parallel_for(0, g.items(), 1, [&](int64_t first, int64_t last) {
-    // Per offset o and segment position p, with j = i + delta_o:
-    //   w_ji[o][p] = exp(logit_ij − L_j)   (the neighbour's softmax weight of i)
-    //   coef[o][p] = s·(w_ij(<dy_i, c_j> − D_i) + w_ji(<dy_j, c_i> − D_j))
-    Scratch<T> w_ji(kk * kTileWidth), coef(kk * kTileWidth);
-    Scratch<T> logit(kGroup * kTileWidth), dy_i_c_j(kGroup * kTileWidth);
-    Scratch<T> dy_j_c_i(kGroup * kTileWidth);
+  at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
+    PairRows<T> pr(g, half, x, dy, c, y, lse_ptr, s, pattern.options());
     // Channel rows of the segment's gradients, transposed into NHWC gradients.
     Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) *
                          kTileWidth);
+    std::vector<const T*> coef_rows(kk), w_rows(kk);
     Segment seg;
-    for (int64_t item = first; item < last; ++item) {
-      g.segment<T>(item, seg);
-      const T* xi = xs.at<T>(seg.b, seg.h, seg.w0);
-      const T* ci = cs.at<T>(seg.b, seg.h, seg.w0);
-      const T* dyi = dys.at<T>(seg.b, seg.h, seg.w0);
-      const T* lse_i = ls.at<T>(seg.b, seg.h, seg.w0);
-      const T* d_i = ds.at<T>(seg.b, seg.h, seg.w0);
-      // The three dot products of up to kGroup offsets at once (each shares its `a` row).
-      auto dots = [&](int64_t o, auto group) {
-        constexpr int G = decltype(group)::value;
-        T* lg[G];
-        T* qj[G];
-        T* qi[G];
-        const T* xj[G];
-        const T* cj[G];
-        const T* dyj[G];
-        for (int k = 0; k < G; ++k) {
-          lg[k] = logit.data() + k * kTileWidth;
-          qj[k] = dy_i_c_j.data() + k * kTileWidth;
-          qi[k] = dy_j_c_i.data() + k * kTileWidth;
-          xj[k] = xi + xs.delta(seg.offsets[o + k]);
-          cj[k] = ci + cs.delta(seg.offsets[o + k]);
-          dyj[k] = dyi + dys.delta(seg.offsets[o + k]);
-        }
-        dot_rows<G>(lg, xi, xj, cp, xs.pitch, seg.padded_n);
-        dot_rows<G>(qj, dyi, cj, cc, dys.pitch, seg.padded_n);
-        dot_rows<G>(qi, ci, dyj, cc, cs.pitch, seg.padded_n);
-      };
-      // Per group of up to kGroup offsets: the dot products, then per offset the weights and
-      // coefficients.
-      for_each_group<kGroup>(static_cast<int64_t>(seg.offsets.size()), [&](int64_t o0, auto group) {
-        dots(o0, group);
-        for (int k = 0; k < decltype(group)::value; ++k) {
-          const int64_t o = o0 + k;
-          const int64_t d1 = ls.delta(seg.offsets[o]);
-          const T* lg = logit.data() + k * kTileWidth;
-          const T* qj = dy_i_c_j.data() + k * kTileWidth;
-          const T* qi = dy_j_c_i.data() + k * kTileWidth;
-          T* wji = w_ji.data() + o * kTileWidth;
-          T* coef_o = coef.data() + o * kTileWidth;
-          for (int64_t p = 0; p < seg.padded_n; p += L) {  // lanes off the span: masked later
-            const Vec<T> l = s * load(lg + p);
-            const Vec<T> wij = exp_vec(l - load(lse_i + p));
-            const Vec<T> wj = exp_vec(l - load(lse_i + d1 + p));
-            store(wji + p, wj);
-            store(coef_o + p, s * (wij * (load(qj + p) - load(d_i + p)) +
-                                   wj * (load(qi + p) - load(d_i + d1 + p))));
+    int64_t computed_b = -1, computed_h = -1;  // last row whose pairs are in the rings
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t b = row / g.height, h = row % g.height;
+      if (b != computed_b) computed_h = std::max<int64_t>(h - reach, 0) - 1;  // warm up
+      for (int64_t hh = computed_h + 1; hh <= h; ++hh) pr.pairs_row(b, hh);
+      computed_b = b;
+      computed_h = h;
+      for (int64_t tile = 0; tile < g.tiles; ++tile) {
+        g.segment<T>((b * g.height + h) * g.tiles + tile, seg);
+        for (size_t o = 0; o < seg.offsets.size(); ++o) {
+          const Offset& off = seg.offsets[o];
+          const int64_t a = off.rows / g.dilation, bo = off.cols / g.dilation;
+          const int64_t f = half.index[(a + g.radius) * kernel_size + bo + g.radius];
+          if (HalfWindow::is_forward(a, bo)) {  // the pair (i, i + δ), kept at i
+            coef_rows[o] = pr.coef.at(h, f, seg.w0);
+            w_rows[o] = pr.w_ji.at(h, f, seg.w0);
+          } else {  // the pair (j, j − δ) with j = i + δ, kept at j: j's weight of i is w_ij
+            coef_rows[o] = pr.coef.at(h + off.rows, f, seg.w0 + off.cols);
+            w_rows[o] = pr.w_ij.at(h + off.rows, f, seg.w0 + off.cols);
           }
         }
-      });
-      // dx_i = Σ_o coef_o · x_{i+δo};   dc_i = Σ_o w_ji,o · dy_{i+δo}   (outputs NCHW or NHWC)
-      auto rows_of = [&](const RowMajor& m) {
-        return Source<T>(m.channels, m.pitch, seg,
-                         [&](int64_t dr) { return m.at<T>(seg.b, seg.h + dr, 0); });
-      };
-      const Source<T> x_src = rows_of(xs), dy_src = rows_of(dys);
-      gather_into(dx, seg, nhwc_rows.data(), [&](T* out, int64_t stride) {
-        gather_rows(out, stride, static_cast<const T*>(coef.data()), x_src, seg);
-      });
-      gather_into(dc, seg, nhwc_rows.data(), [&](T* out, int64_t stride) {
-        gather_rows(out, stride, static_cast<const T*>(w_ji.data()), dy_src, seg);
-      });
+        const Source<T> x_src(cp, pr.xs.pitch, seg, [&](int64_t dr) { return pr.xs.row(h + dr); });
+        const Source<T> dy_src(cc, pr.dys.pitch, seg,
+                               [&](int64_t dr) { return pr.dys.row(h + dr); });
+        gather_into(dx, seg, nhwc_rows.data(), [&](T* o, int64_t stride) {
+          gather_rows(o, stride, static_cast<const T* const*>(coef_rows.data()), x_src, seg);
+        });
+        gather_into(dc, seg, nhwc_rows.data(), [&](T* o, int64_t stride) {
+          gather_rows(o, stride, static_cast<const T* const*>(w_rows.data()), dy_src, seg);
+        });
+      }
     }
   });
 }

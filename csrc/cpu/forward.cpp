@@ -25,101 +25,6 @@ namespace {
 // chains: enough to keep both FMA pipes busy.
 constexpr int kLogitOffsets = 6;
 
-// ---- logits once per pixel pair ---------------------------------------------------------
-//
-// The logits are symmetric: logit(i, i + δ) = <x_i, x_{i+δ}> = logit(i + δ, i). Only the
-// "forward" half of the window is computed, the offsets (a, b) with a > 0, or a = 0 and b >= 0
-// (25 of 49 for k = 7); the other half of a pixel's logits are the forward logits of pixels
-// in the rows above (or to the left), read back from a ring of the last radius·dilation + 1
-// rows' forward logits. A thread walks a range of rows of one image top to bottom, so every
-// logit is computed once, plus radius·dilation warm-up rows where a range starts.
-
-// The forward half of the window, and where to find each window offset's logit.
-struct HalfWindow {
-  struct Forward {
-    int64_t a, b;  // window offset in units of the dilation; a > 0 or (a == 0 and b >= 0)
-  };
-  std::vector<Forward> forward;
-  std::vector<int64_t> index;  // for offset (a, b) at (a + radius)·k + b + radius: its
-                               // mirror's (−a, −b) position in `forward` when a < 0 or
-                               // (a == 0 and b < 0), else its own
-
-  HalfWindow(int64_t radius) {
-    const int64_t k = 2 * radius + 1;
-    index.assign(k * k, -1);
-    for (int64_t a = 0; a <= radius; ++a) {
-      for (int64_t b = a == 0 ? 0 : -radius; b <= radius; ++b) {
-        index[(a + radius) * k + b + radius] = static_cast<int64_t>(forward.size());
-        index[(radius - a) * k + radius - b] = static_cast<int64_t>(forward.size());
-        forward.push_back({a, b});
-      }
-    }
-  }
-  static bool is_forward(int64_t a, int64_t b) { return a > 0 || (a == 0 && b >= 0); }
-};
-
-// Columns kept on each side of a ring row: the window's reach, rounded up to 64 bytes of float
-// so that row starts stay aligned.
-inline int64_t ring_margin(const Geometry& g) { return (g.radius * g.dilation + 15) / 16 * 16; }
-
-// Per-thread ring of forward logits: ring_rows rows of (forward offsets) × (margin + padded
-// width + margin). Margins let a backward offset read its mirror at x + b·dilation without a
-// test (those lanes are masked when out of the image).
-template <typename T>
-struct LogitRing {
-  at::Tensor storage;  // a torch allocation, so the benchmark's memory accounting sees it
-  T* base;
-  int64_t rows, offsets, margin, stride;
-
-  LogitRing(const Geometry& g, int64_t n_forward, const at::TensorOptions& options)
-      : rows(g.radius * g.dilation + 1),
-        offsets(n_forward),
-        margin(ring_margin(g)),
-        stride(2 * margin + g.tiles * kTileWidth) {
-    storage = at::empty({rows * offsets * stride}, options);
-    base = storage.mutable_data_ptr<T>();
-  }
-  // Logit of forward offset f at column x of image row h (x may be off the row by a margin).
-  T* at(int64_t h, int64_t f, int64_t x) {
-    return base + ((h % rows) * offsets + f) * stride + margin + x;
-  }
-};
-
-// Per-thread ring of image rows of one operand, each laid out (C, pitch) with zeroed margins
-// of `margin` columns: the layout the pixel-vectorised row kernels read. The forward copies the
-// pattern rows h to h + radius·dilation its logits read (copying a row just before it is used
-// keeps it in L1/L2 for the dot products) and, for an NHWC content gathered by pixel rows, the
-// content rows h − radius·dilation to h + radius·dilation. From NCHW a row is C row copies, from
-// NHWC one transpose; the ring is all the extra memory the operand needs.
-template <typename T>
-struct ChannelRows {
-  at::Tensor storage;
-  T* base;
-  Planes<const T> src;
-  int64_t slots, margin, pitch, slot_size;
-  int64_t loaded_b = -1, loaded_hi = -1;  // rows up to loaded_hi of image loaded_b
-
-  // Reads reach from x = −margin to padded_width + margin.
-  ChannelRows(const Planes<const T>& src_, int64_t slots_, int64_t margin_, int64_t padded_width,
-              const at::TensorOptions& options)
-      : src(src_), slots(slots_), margin(margin_) {
-    pitch = row_pitch_for(2 * margin + padded_width, sizeof(T));
-    slot_size = src.channels * pitch;
-    storage = at::zeros({slots * slot_size + pitch + margin}, options);
-    base = storage.mutable_data_ptr<T>();
-  }
-  // Channel 0, column 0 of image row h (which must be loaded).
-  const T* row(int64_t h) const { return base + (h % slots) * slot_size + margin; }
-  // Makes rows [lo, hi] of image b available (hi − lo < slots).
-  void advance(int64_t b, int64_t lo, int64_t hi) {
-    if (b != loaded_b || lo > loaded_hi) loaded_b = b, loaded_hi = lo - 1;
-    for (int64_t r = std::max(loaded_hi + 1, lo); r <= hi; ++r) {
-      src.copy_row_to(b, r, base + (r % slots) * slot_size + margin, pitch);
-    }
-    loaded_hi = std::max(loaded_hi, hi);
-  }
-};
-
 // Forward logits of image row h of image b for every column (in blocks of two vectors,
 // kLogitOffsets offsets per pass over the pixel's features), scaled, into the ring. Offsets
 // whose neighbour row is outside the image are skipped: no pixel ever reads them.
@@ -466,7 +371,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
                               [&](int64_t dr) { return content_planes->row(h + dr); })
                   : Source<T>(cc, plane, seg, [&](int64_t dr) { return cs.at(b, h + dr, 0); });
           gather_into(ys, seg, out_t ? out_t->data() : nullptr, [&](T* o, int64_t stride) {
-            gather_rows(o, stride, weights.data(), src, seg, static_cast<const T*>(inv_sum.data()));
+            gather_rows(o, stride, const_cast<const T* const*>(weight_row.data()), src, seg,
+                        static_cast<const T*>(inv_sum.data()));
           });
         }
       }

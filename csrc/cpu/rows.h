@@ -139,20 +139,21 @@ inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t s
 
 // For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
 // valid at p, p in [0, n): the gather that forms y, dx and dc (N channels at once, so each load
-// of a weight serves N multiply-adds). `coef` holds one row of kTileWidth per offset. Vectors
+// of a weight serves N multiply-adds). coef[o] is offset o's row of coefficients at the segment
+// start (padded_n values; lanes where the offset is not valid may hold anything). Vectors
 // that straddle the edge of an offset's valid span (or the segment's end) take the valid lanes
 // one by one, so `src` is never read outside the image: it may be the caller's NCHW tensor.
 template <int N, int64_t V, typename T>
-void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N],
+void gather_channels(T* const (&out)[N], const T* const* coef, const T* const (&src)[N],
                      const int64_t* delta, const Segment& s, const T* row_scale) {
   constexpr int64_t L = kLanes<T>;
   const int64_t n_off = static_cast<int64_t>(s.offsets.size());
   for (int64_t p0 = 0; p0 < s.padded_n; p0 += V * L) {
     Vec<T> r[N][V] = {};
     if (s.inner_begin <= p0 && p0 + V * L <= s.inner_end) {  // every offset valid: no tests
-      const T* w = coef + p0;
       const T* const s0 = src[0] + p0;
-      for (int64_t o = 0; o < n_off; ++o, w += kTileWidth) {
+      for (int64_t o = 0; o < n_off; ++o) {
+        const T* w = coef[o] + p0;
         const int64_t i = delta[o];
 #pragma GCC unroll 8
         for (int64_t v = 0; v < V; ++v) {
@@ -164,7 +165,7 @@ void gather_channels(T* const (&out)[N], const T* coef, const T* const (&src)[N]
     } else {
       for (size_t o = 0; o < s.offsets.size(); ++o) {
         const Offset& off = s.offsets[o];
-        const T* w = coef + o * kTileWidth + p0;
+        const T* w = coef[o] + p0;
         const int64_t i = delta[o] + p0;
         if (off.begin <= p0 && p0 + V * L <= off.end) {  // the whole block is valid
 #pragma GCC unroll 8
@@ -238,7 +239,8 @@ struct Source {
 // gather_channels over every channel of src, four at a time; outputs multiplied by
 // row_scale[p] when it is given.
 template <typename T>
-void gather_rows(T* out, int64_t out_stride, const T* coef, const Source<T>& src, const Segment& s,
+void gather_rows(T* out, int64_t out_stride, const T* const* coef, const Source<T>& src,
+                 const Segment& s,
                  const T* row_scale = nullptr) {
   constexpr int64_t V = 2;
   const T* row = src.row;
@@ -321,5 +323,100 @@ void gather_into(const Planes<T>& dst, const Segment& s, T* scratch, Gather&& ga
   transpose(static_cast<const T*>(scratch), kTileWidth, dst.at(s.b, s.h, s.w0), dst.channels,
             dst.channels, s.n);
 }
+
+// ---- logits once per pixel pair ---------------------------------------------------------
+//
+// The logits are symmetric: logit(i, i + δ) = <x_i, x_{i+δ}> = logit(i + δ, i). Only the
+// "forward" half of the window is computed, the offsets (a, b) with a > 0, or a = 0 and b >= 0
+// (25 of 49 for k = 7); the other half of a pixel's logits are the forward logits of pixels
+// in the rows above (or to the left), read back from a ring of the last radius·dilation + 1
+// rows' forward logits. A thread walks a range of rows of one image top to bottom, so every
+// logit is computed once, plus radius·dilation warm-up rows where a range starts.
+
+// The forward half of the window, and where to find each window offset's logit.
+struct HalfWindow {
+  struct Forward {
+    int64_t a, b;  // window offset in units of the dilation; a > 0 or (a == 0 and b >= 0)
+  };
+  std::vector<Forward> forward;
+  std::vector<int64_t> index;  // for offset (a, b) at (a + radius)·k + b + radius: its
+                               // mirror's (−a, −b) position in `forward` when a < 0 or
+                               // (a == 0 and b < 0), else its own
+
+  HalfWindow(int64_t radius) {
+    const int64_t k = 2 * radius + 1;
+    index.assign(k * k, -1);
+    for (int64_t a = 0; a <= radius; ++a) {
+      for (int64_t b = a == 0 ? 0 : -radius; b <= radius; ++b) {
+        index[(a + radius) * k + b + radius] = static_cast<int64_t>(forward.size());
+        index[(radius - a) * k + radius - b] = static_cast<int64_t>(forward.size());
+        forward.push_back({a, b});
+      }
+    }
+  }
+  static bool is_forward(int64_t a, int64_t b) { return a > 0 || (a == 0 && b >= 0); }
+};
+
+// Columns kept on each side of a ring row: the window's reach, rounded up to 64 bytes of float
+// so that row starts stay aligned.
+inline int64_t ring_margin(const Geometry& g) { return (g.radius * g.dilation + 15) / 16 * 16; }
+
+// Per-thread ring of forward logits: ring_rows rows of (forward offsets) × (margin + padded
+// width + margin). Margins let a backward offset read its mirror at x + b·dilation without a
+// test (those lanes are masked when out of the image).
+template <typename T>
+struct LogitRing {
+  at::Tensor storage;  // a torch allocation, so the benchmark's memory accounting sees it
+  T* base;
+  int64_t rows, offsets, margin, stride;
+
+  LogitRing(const Geometry& g, int64_t n_forward, const at::TensorOptions& options)
+      : rows(g.radius * g.dilation + 1),
+        offsets(n_forward),
+        margin(ring_margin(g)),
+        stride(2 * margin + g.tiles * kTileWidth) {
+    storage = at::empty({rows * offsets * stride}, options);
+    base = storage.mutable_data_ptr<T>();
+  }
+  // Logit of forward offset f at column x of image row h (x may be off the row by a margin).
+  T* at(int64_t h, int64_t f, int64_t x) {
+    return base + ((h % rows) * offsets + f) * stride + margin + x;
+  }
+};
+
+// Per-thread ring of image rows of one operand, each laid out (C, pitch) with zeroed margins
+// of `margin` columns: the layout the pixel-vectorised row kernels read. The forward copies the
+// pattern rows h to h + radius·dilation its logits read (copying a row just before it is used
+// keeps it in L1/L2 for the dot products) and, for an NHWC content gathered by pixel rows, the
+// content rows h − radius·dilation to h + radius·dilation. From NCHW a row is C row copies, from
+// NHWC one transpose; the ring is all the extra memory the operand needs.
+template <typename T>
+struct ChannelRows {
+  at::Tensor storage;
+  T* base;
+  Planes<const T> src;
+  int64_t slots, margin, pitch, slot_size;
+  int64_t loaded_b = -1, loaded_hi = -1;  // rows up to loaded_hi of image loaded_b
+
+  // Reads reach from x = −margin to padded_width + margin.
+  ChannelRows(const Planes<const T>& src_, int64_t slots_, int64_t margin_, int64_t padded_width,
+              const at::TensorOptions& options)
+      : src(src_), slots(slots_), margin(margin_) {
+    pitch = row_pitch_for(2 * margin + padded_width, sizeof(T));
+    slot_size = src.channels * pitch;
+    storage = at::zeros({slots * slot_size + pitch + margin}, options);
+    base = storage.mutable_data_ptr<T>();
+  }
+  // Channel 0, column 0 of image row h (which must be loaded).
+  const T* row(int64_t h) const { return base + (h % slots) * slot_size + margin; }
+  // Makes rows [lo, hi] of image b available (hi − lo < slots).
+  void advance(int64_t b, int64_t lo, int64_t hi) {
+    if (b != loaded_b || lo > loaded_hi) loaded_b = b, loaded_hi = lo - 1;
+    for (int64_t r = std::max(loaded_hi + 1, lo); r <= hi; ++r) {
+      src.copy_row_to(b, r, base + (r % slots) * slot_size + margin, pitch);
+    }
+    loaded_hi = std::max(loaded_hi, hi);
+  }
+};
 
 }  // namespace lcblock::cpu

@@ -346,6 +346,32 @@ def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    ("shape", "k", "d"),
+    [((2, 9, 9, 48, 48), 5, 1), ((3, 8, 12, 13, 70), 7, 2), ((8, 36, 36, 12, 12), 5, 1)],
+)
+def test_backward_is_bitwise_the_same_for_1_and_2_threads_and_both_layouts(shape, k, d):
+    # The pair values are computed once per pair, in rings a thread fills as it walks its rows:
+    # rows split between threads differently, and NCHW or NHWC operands, must give the same
+    # bits (every sum runs in one fixed order).
+    x0, c0 = make_inputs(*shape, dtype=torch.float32, seed=11)
+    grad0 = torch.randn(c0.shape, generator=torch.Generator().manual_seed(12))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x, c = x0.contiguous(memory_format=layout), c0.contiguous(memory_format=layout)
+            grad = grad0.contiguous(memory_format=layout)
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                results.append([t.contiguous() for t in fused_fwd_bwd(x, c, k, d, 1.0, grad)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("content_channels", [1, 3, 4, 6, 8, 9, 12, 17, 33, 40])
 def test_both_cpu_gathers_match_the_reference(content_channels, dtype):

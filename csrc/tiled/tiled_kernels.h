@@ -88,10 +88,11 @@ constexpr int pattern_out() {
 // Block barriers per kernel, one after every phase (DeviceExec::run), counted statically as
 // the SASS holds them once the fixed-size loops are unrolled (tests/test_cuda_resources.py
 // reads BAR.SYNC from the binary): the gather kernels run init, stage/compute of the logits,
-// stage/compute of each of the OUT/kStage value chunks, and the store; grad_pattern runs init,
-// three stage/compute pairs, the coefficients, OUT/kStage stage/compute pairs and the store.
+// stage/compute of each of the OUT/kStage value chunks, and the store (4 + 2·chunks);
+// grad_pattern runs init, the stage/compute pairs of the logits, <dy_i, c_j> and <dy_j, c_i>,
+// the coefficients, OUT/kStage stage/compute pairs and the store (9 + 2·chunks).
 constexpr int gather_barriers(int out) { return 4 + 2 * ((out + kStage - 1) / kStage); }
-constexpr int pattern_barriers(int out) { return 7 + 2 * ((out + kStage - 1) / kStage); }
+constexpr int pattern_barriers(int out) { return 9 + 2 * ((out + kStage - 1) / kStage); }
 constexpr int kDeltaBarriers = 1;
 
 // One tensor of shape (B, C, H, W) with arbitrary strides (in elements).

@@ -6,15 +6,18 @@ oracle :mod:`lcblock_cuda.reference`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from . import reference
+from . import _buildcfg, reference
 from ._checks import check_arguments
 
 __version__ = "0.1.0"
 __all__ = [
     "LocalCorrelation",
     "cuda_compiled",
+    "extension_advice",
     "extension_error",
     "local_correlation",
     "reference",
@@ -34,6 +37,17 @@ def extension_error() -> ImportError | None:
     return _EXTENSION_ERROR
 
 
+def extension_advice() -> str | None:
+    """What to do about extension_error(): for a _C built against another torch, both torch
+    versions and the rebuild command; None when the kernels loaded."""
+    if _EXTENSION_ERROR is None:
+        return None
+    # A _C built against another torch fails with the loader's "undefined symbol": name both
+    # torch versions (setup.py records the build's in _build_info.py) and the rebuild command.
+    built = _buildcfg.read_build_torch(Path(__file__).parent)
+    return _buildcfg.explain_load_error(_EXTENSION_ERROR, built, torch.__version__)
+
+
 def cuda_compiled() -> bool:
     """Whether the installed extension was built with its CUDA kernels."""
     return _EXTENSION_ERROR is None and bool(torch.ops.lcblock_cuda.cuda_compiled())
@@ -47,12 +61,7 @@ def local_correlation(
     scale: float = 1.0,
 ) -> torch.Tensor:
     if _EXTENSION_ERROR is not None:
-        raise RuntimeError(
-            "lcblock_cuda: the compiled kernels could not be loaded "
-            f"({_EXTENSION_ERROR}). Reinstall the package so that they build "
-            "(pip install --no-build-isolation .), or call "
-            "lcblock_cuda.reference.local_correlation explicitly."
-        ) from _EXTENSION_ERROR
+        raise RuntimeError(f"lcblock_cuda: {extension_advice()}") from _EXTENSION_ERROR
     return _ops.local_correlation(pattern, content, kernel_size, dilation, scale)
 
 

@@ -1,14 +1,19 @@
 """The CUDA kernels' resource budget, read from the built binary (scripts/cuda_resources.py).
 
-Budget (issue 9): every float32/float16/bfloat16 kernel on sm_80 and sm_90 at >= 50 %
-theoretical occupancy with its 256-thread blocks: <= 64 registers per thread, no local memory
-(spills) or stack, and shared memory small enough for that. The budget test runs whenever the
-extension was built with its CUDA kernels (no GPU needed: cuobjdump reads the library); the
-parser and the occupancy arithmetic are tested everywhere.
+Budget (issues 9 and 15): every float32/float16/bfloat16 kernel on every built arch at >= 50 %
+theoretical occupancy with its 256-thread blocks (<= 64 registers per thread, shared memory
+small enough for that); no kernel of any dtype, float64 included, with a stack frame (STACK)
+or local memory (LOCAL); the BAR.SYNC count of every kernel that the phase structure implies
+(tiled_kernels.h, gather_barriers / pattern_barriers); SASS for every entry of the build's
+TORCH_CUDA_ARCH_LIST and PTX for its +PTX entry. These tests run whenever the extension was
+built with its CUDA kernels, for whatever arch list (no GPU needed: cuobjdump reads the
+library), and skip, saying so, only where it holds no CUDA code; the parsers and the occupancy
+arithmetic are tested everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -93,8 +98,49 @@ def test_markdown_table_has_one_line_per_kernel():
     assert "| forward_kernel | float16 | sm_80 | 64 | 20512 | 0 | 50.0 % |" in table
 
 
+SASS_SAMPLE = """
+Fatbin elf code:
+================
+arch = sm_90
+code version = [1,8]
+
+        code for sm_90
+                Function : _ZN7lcblock5tiled12_GLOBAL__N_112delta_kernelIfEEvNS0_4ArgsIT_fEE
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/                   EXIT ;
+
+Fatbin elf code:
+================
+arch = sm_120
+
+                Function : _ZN7lcblock5tiled12_GLOBAL__N_112delta_kernelIfEEvNS0_4ArgsIT_fEE
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0030*/                   BAR.RED.POPC R0, P0 ;
+"""
+
+
+def test_sass_barrier_counter_reads_each_arch():
+    counts = res.sass_barriers(SASS_SAMPLE)
+    assert counts == {("delta_kernel", "float32", "sm_90"): 1,
+                      ("delta_kernel", "float32", "sm_120"): 2}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Build:
+    library: str
+    rows: list
+    barriers: dict
+    sass: set
+    ptx: set
+    arch_list: str | None
+
+
 @pytest.fixture(scope="module")
-def built_rows():
+def build():
+    """The built library's resources, barrier counts and embedded code, read with cuobjdump.
+    Skipped (with the reason) only where the extension holds no CUDA kernels."""
     if not lcblock_cuda.cuda_compiled():
         pytest.skip(
             "the extension was built without its CUDA kernels (LCBLOCK_CUDA=0, no toolkit or a "
@@ -103,20 +149,78 @@ def built_rows():
     library = res.find_library()
     assert library is not None, "lcblock_cuda was imported but its _C*.so was not found"
     cuobjdump = res.find_cuobjdump()
-    if cuobjdump is None:
-        pytest.skip("cuobjdump not found (PATH, CUDA_HOME/bin, triton's copy)")
+    assert cuobjdump is not None, (
+        "cuobjdump not found (PATH, CUDA_HOME/bin, triton's copy), yet the build has CUDA code"
+    )
     threads = torch.ops.lcblock_cuda._tiled_config()[2]  # (tile_h, tile_w, threads, ...)
-    return res.resource_rows(library, cuobjdump, threads)
+    sass, ptx = res.embedded_code(library, cuobjdump)
+    info = Path(library).parent / "_build_info.py"
+    arch_list = None
+    if info.exists():
+        namespace: dict = {}
+        exec(info.read_text(), namespace)
+        arch_list = namespace.get("TORCH_CUDA_ARCH_LIST")
+    return Build(library, res.resource_rows(library, cuobjdump, threads),
+                 res.barrier_counts(library, cuobjdump), sass, ptx, arch_list)  # fmt: skip
 
 
-def test_built_kernels_meet_the_budget(built_rows):
-    archs = {r.arch for r in built_rows}
-    present = {(r.kernel, r.dtype, r.arch) for r in built_rows}
-    for arch in archs & set(res.BUDGET_ARCHS):
+def _arch(entry: str) -> str:
+    return "sm_" + entry.replace("+PTX", "").replace(".", "").strip()
+
+
+def test_built_code_covers_the_arch_list(build):
+    # Whatever the list (the default 8.0;9.0;10.0;12.0+PTX, or gpu_check's single visible
+    # arch): SASS for each entry, PTX exactly for the +PTX entries.
+    assert build.sass, f"{build.library} holds no SASS"
+    if build.arch_list:
+        entries = [e for e in build.arch_list.replace(",", ";").split(";") if e.strip()]
+        assert {_arch(e) for e in entries} == build.sass
+        assert {_arch(e) for e in entries if e.endswith("+PTX")} == build.ptx
+    if torch.cuda.is_available():  # the visible GPU can run it: SASS of its major, or PTX
+        major, minor = torch.cuda.get_device_capability()
+        runnable = {a for a in build.sass if int(a[3:-1]) == major and int(a[-1]) <= minor}
+        runnable |= {a for a in build.ptx if int(a[3:]) <= major * 10 + minor}
+        assert runnable, f"nothing in {sorted(build.sass | build.ptx)} runs on sm_{major}{minor}"
+
+
+def test_default_build_runs_on_blackwell(build):
+    # The default list (setup.py without a GPU or TORCH_CUDA_ARCH_LIST): SASS of those of
+    # 8.0/9.0/10.0/12.0 that nvcc supports, PTX of the newest, so sm_100 and sm_120 run it.
+    from lcblock_cuda import _buildcfg
+
+    entries = (build.arch_list or "").split(";")
+    if build.arch_list != _buildcfg.default_arch_list({e.replace("+PTX", "") for e in entries}):
+        pytest.skip(f"not a default build (TORCH_CUDA_ARCH_LIST={build.arch_list})")
+    assert build.ptx == {_arch(entries[-1])}
+    assert build.ptx or {"sm_100", "sm_120"} <= build.sass, (build.sass, build.ptx)
+
+
+def test_built_kernels_meet_the_budget(build):
+    present = {(r.kernel, r.dtype, r.arch) for r in build.rows}
+    for arch in build.sass:
         for kernel in KERNELS:
             for dtype in ("float32", "float16", "bfloat16", "float64"):
                 assert (kernel, dtype, arch) in present, f"{kernel}<{dtype}> missing on {arch}"
-    assert archs & set(res.BUDGET_ARCHS), f"no sm_80/sm_90 code in the build: {sorted(archs)}"
-    assert res.budget_violations(built_rows) == []
-    # float64 is outside the budget but must not spill either.
-    assert all(r.local == 0 for r in built_rows)
+    assert res.budget_violations(build.rows) == []
+    assert [r for r in build.rows if r.registers > res.MAX_REGISTERS and r.dtype != "float64"] == []
+
+
+def test_no_kernel_has_a_stack_frame_or_local_memory(build):
+    # float64 included: it is outside the register budget, but a spill is a bug on any dtype.
+    bad = [(r.kernel, r.dtype, r.arch, r.stack, r.local) for r in build.rows
+           if r.stack or r.local]  # fmt: skip
+    assert bad == [], "STACK / LOCAL > 0: " + repr(bad)
+
+
+def test_barriers_per_kernel_are_those_the_design_implies(build):
+    config = torch.ops.lcblock_cuda._tiled_config()
+    gather, pattern, pattern64, delta = config[12:16]
+    for (kernel, dtype, arch), count in build.barriers.items():
+        want = {
+            "forward_kernel": gather,
+            "grad_content_kernel": gather,
+            "delta_kernel": delta,
+            "grad_pattern_kernel": pattern64 if dtype == "float64" else pattern,
+        }[kernel]
+        assert count == want, f"{kernel}<{dtype}> on {arch}: {count} BAR.SYNC, design {want}"
+    assert len(build.barriers) == len(KERNELS) * 4 * len(build.sass)

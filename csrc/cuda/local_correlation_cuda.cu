@@ -4,7 +4,7 @@
 // configuration (csrc/tiled/tiled_host.h). So the CPU tests check the tile indexing, halo
 // loads, channel chunks and masking these kernels execute.
 //
-// Every entry point follows one order: device guard → check → allocate (outputs in the inputs'
+// Every entry point follows one order: check → device guard → allocate (outputs in the inputs'
 // memory formats) → return early if empty → dispatch (float, double, half, bfloat16; half and
 // bfloat16 accumulate in float) → launch on the current stream → C10_CUDA_KERNEL_LAUNCH_CHECK()
 // (csrc/tiled/tiled_host.h).
@@ -12,7 +12,9 @@
 // Budget (README, "CUDA kernels"; tests/test_cuda_resources.py): 256-thread blocks, at most
 // 64 registers per thread (__launch_bounds__(256, 4)), no local memory and ~21 KB of static
 // shared memory, i.e. 4 blocks = 32 of 64 warps (50 % theoretical occupancy) on sm_80 and sm_90.
-// float64 is outside the budget: it gets 2 blocks per SM (128 registers).
+// float64 is outside the budget: it gets 2 blocks per SM (128 registers), and no kernel of any
+// dtype uses a stack frame or local memory on any built arch (grad_pattern<double> keeps 8
+// output channels per pass for that, tiled_kernels.h, kPatternOutDouble).
 // Design notes and the resource table: README, "CUDA kernels"; how this is checked without a
 // GPU: docs/DESIGN.md, "CUDA builds without a GPU".
 #include <ATen/ATen.h>
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks<scalar_t>())
     grad_pattern_kernel(const ArgsOf<scalar_t> args) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t smem[kSmemElems];
-  grad_pattern_block<DeviceExec, kPatternGroup, kPatternOut>(args, block_index(), smem);
+  grad_pattern_block<DeviceExec, kPatternGroup, pattern_out<scalar_t>()>(args, block_index(), smem);
 }
 
 unsigned grid_of(const Launch& launch) {
@@ -89,6 +91,7 @@ unsigned grid_of(const Launch& launch) {
 }
 
 struct CudaBackend {
+  using Guard = c10::cuda::CUDAGuard;
   template <typename scalar_t>
   static void forward(const ArgsOf<scalar_t>& a, const Launch& l) {
     forward_kernel<scalar_t><<<grid_of(l), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a);
@@ -114,7 +117,6 @@ struct CudaBackend {
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& pattern,
                                                 const at::Tensor& content, int64_t kernel_size,
                                                 int64_t dilation, double scale) {
-  const c10::cuda::CUDAGuard device_guard(content.device());
   return tiled_forward<CudaBackend>(pattern, content, kernel_size, dilation, scale);
 }
 
@@ -123,7 +125,6 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_out,
                                                  const at::Tensor& content, const at::Tensor& out,
                                                  const at::Tensor& lse, int64_t kernel_size,
                                                  int64_t dilation, double scale) {
-  const c10::cuda::CUDAGuard device_guard(content.device());
   return tiled_backward<CudaBackend>(grad_out, pattern, content, out, lse, kernel_size, dilation,
                                      scale);
 }

@@ -2,6 +2,8 @@
 // argument checks, output allocation (layout rule), Args, launch configuration and dtype
 // dispatch. `Backend` runs the four block functions of tiled_kernels.h over a Launch: the CUDA
 // launcher as kernels, the emulator block by block, so both get exactly the same configuration.
+// Every entry point: check → Backend::Guard (the CUDA device guard) → allocate → return early
+// if empty → dispatch → launch on the current stream (STYLE.md, torchvision csrc/ops order).
 //
 // Layout rule (README, "CUDA kernels"; the CPU op and the Python fake kernels follow the same
 // rule): inputs are read in place through their strides, never copied; out and grad_content
@@ -82,6 +84,9 @@ std::tuple<at::Tensor, at::Tensor> tiled_forward(const at::Tensor& pattern,
                                                  const at::Tensor& content, int64_t kernel_size,
                                                  int64_t dilation, double scale) {
   check_pair(pattern, content, kernel_size, dilation, scale);
+  // After the checks, so that mixed devices get check_pair's message (docs/cuda.md, "Entry
+  // points"); the emulator's Guard does nothing.
+  const typename Backend::Guard device_guard(content.device());
   kernel_size = effective_kernel_size(kernel_size, dilation, content.size(2), content.size(3));
   at::Tensor out = empty_in_layout_of(content);
   at::Tensor lse = at::empty({content.size(0), content.size(2), content.size(3)},
@@ -106,6 +111,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward(const at::Tensor& grad_out,
                                                   const at::Tensor& lse_in, int64_t kernel_size,
                                                   int64_t dilation, double scale) {
   check_backward(grad_out, pattern, content, out, lse_in, kernel_size, dilation, scale);
+  const typename Backend::Guard device_guard(content.device());
   kernel_size = effective_kernel_size(kernel_size, dilation, content.size(2), content.size(3));
   at::Tensor grad_pattern = empty_in_layout_of(pattern);
   at::Tensor grad_content = empty_in_layout_of(content);
@@ -132,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward(const at::Tensor& grad_out,
         Backend::template grad_content<scalar_t>(a, launch);
         Launch pattern_launch;
         auto pa = base_args<scalar_t>(pattern, content, kernel_size, dilation, scale, kPatternGroup,
-                                      pattern.size(1), kPatternOut, pattern_launch);
+                                      pattern.size(1), pattern_out<scalar_t>(), pattern_launch);
         pa.grad_out = a.grad_out;
         pa.lse = a.lse;
         pa.delta = delta.const_data_ptr<acc_t>();

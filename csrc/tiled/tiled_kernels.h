@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "../local_correlation_math.h"
 
@@ -57,9 +58,14 @@ constexpr int kThreads = kTileH * kTileW;
 constexpr int kStage = 8;
 // Widest region row: kTileW columns plus the (group−1)·d columns a group adds.
 constexpr int kMaxCols = 64;
-// Shared-memory plane of one staged channel; +1 so that the NHWC loads, which store
-// consecutive channels of a pixel, fall into different banks.
-constexpr int kPlane = kTileH * kMaxCols + 1;
+// Shared-memory plane of one staged channel, padded so that the NHWC scalar staging, whose
+// warp stores the n channels of 32/n consecutive pixels (slot c·kPlane + pixel), hits 32
+// different banks for n = 8 (channel c's pixels land in banks 12c mod 32 + 0..3) and at most 2
+// lanes per bank for the tails n = 2..7; the NCHW and vector staging and the compute phases
+// read or write consecutive slots of one plane, conflict-free whatever the padding
+// (docs/cuda.md, "Shared-memory banks"; tests/test_cuda_emulation.py models the banks).
+constexpr int kPlanePad = 12;
+constexpr int kPlane = kTileH * kMaxCols + kPlanePad;
 // Shared memory of a block, in accumulation-type elements: the region (kStage planes) and two
 // per-pixel planes of the region (the lse and D of the neighbours, backward only).
 constexpr int kSmemElems = kStage * kPlane + 2 * kTileH * kMaxCols;
@@ -70,6 +76,24 @@ constexpr int kGatherGroup = 7;  // forward and grad_content
 constexpr int kGatherOut = 16;
 constexpr int kPatternGroup = 4;  // grad_pattern: three per-neighbour sums per offset
 constexpr int kPatternOut = 16;
+// float64 grad_pattern: 16 double accumulators plus 3·G double sums do not fit the 128
+// registers of 2 blocks per SM (sm_90 spilled 16 bytes to the stack); 8 per pass do, at the
+// cost of recomputing the logits once more per 8 channels (docs/cuda.md, "Resources").
+constexpr int kPatternOutDouble = 8;
+template <typename scalar_t>
+constexpr int pattern_out() {
+  return sizeof(scalar_t) == 8 ? kPatternOutDouble : kPatternOut;
+}
+
+// Block barriers per kernel, one after every phase (DeviceExec::run), counted statically as
+// the SASS holds them once the fixed-size loops are unrolled (tests/test_cuda_resources.py
+// reads BAR.SYNC from the binary): the gather kernels run init, stage/compute of the logits,
+// stage/compute of each of the OUT/kStage value chunks, and the store (4 + 2·chunks);
+// grad_pattern runs init, the stage/compute pairs of the logits, <dy_i, c_j> and <dy_j, c_i>,
+// the coefficients, OUT/kStage stage/compute pairs and the store (9 + 2·chunks).
+constexpr int gather_barriers(int out) { return 4 + 2 * ((out + kStage - 1) / kStage); }
+constexpr int pattern_barriers(int out) { return 9 + 2 * ((out + kStage - 1) / kStage); }
+constexpr int kDeltaBarriers = 1;
 
 // One tensor of shape (B, C, H, W) with arbitrary strides (in elements).
 template <typename T>
@@ -208,46 +232,71 @@ LC_HD bool pixels_are_vectors(const Strided<const scalar_t>& x, int c0) {
          (c0 * bytes) % 16 == 0;
 }
 
-#ifdef __CUDA_ARCH__
-// 32-bit word k (0-3) of a 16-byte vector.
-__device__ __forceinline__ uint32_t word_of(const uint4& u, int k) {
-  return k == 0 ? u.x : k == 1 ? u.y : k == 2 ? u.z : u.w;
-}
+#ifndef __CUDA_ARCH__
+// The CPU emulator's record of shared stores (csrc/cpu/tiled_emulation.cpp).
+void note_smem_store(const void* slot);
 #endif
 
-// Stages the kStage consecutive channels at p (16-byte aligned on the GPU, see
-// pixels_are_vectors) into dst[c · kPlane]. The GPU reads them as 16-byte vectors and unpacks
-// the words bit-exactly (memcpy of scalars, which stays in registers).
+// Shared-memory stores of the staging phases go through smem_store: on the GPU a plain store;
+// on the CPU (the emulator) it also records which thread wrote which slot, so that two threads
+// writing one slot in one phase is an error (a write-write race on the GPU).
+template <typename acc_t>
+LC_HD void smem_store(acc_t* slot, acc_t value) {
+  *slot = value;
+#ifndef __CUDA_ARCH__
+  note_smem_store(slot);
+#endif
+}
+
+// Sixteen bytes as four 32-bit words: a uint4 on the GPU, four integers on the CPU.
+struct Words16 {
+  uint32_t w[4];
+};
+
+// The 16-byte fetch, the only part of stage_pixel that differs between the executors: one
+// vector load through the read-only cache on the GPU, a memcpy on the CPU.
+LC_HD Words16 load16(const void* p) {
+  Words16 out;
+#ifdef __CUDA_ARCH__
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  out.w[0] = u.x;
+  out.w[1] = u.y;
+  out.w[2] = u.z;
+  out.w[3] = u.w;
+#else
+  memcpy(out.w, p, 16);
+#endif
+  return out;
+}
+
+// Stages the kStage consecutive channels at p (16-byte aligned, see pixels_are_vectors) into
+// dst[c · kPlane]: reads them as 16-byte vectors and unpacks the words bit-exactly (memcpy of
+// scalars, which stays in registers), on the GPU and in the CPU emulator alike, so CPU tests
+// run this unpack for every dtype (little-endian words: scalar 0 is the low half).
 template <typename scalar_t, typename acc_t>
 LC_HD void stage_pixel(const scalar_t* p, acc_t* dst) {
-#ifdef __CUDA_ARCH__
   constexpr int kBytes = sizeof(scalar_t);
   constexpr int kWords = kStage * kBytes / 16;
-  uint4 raw[kWords];
+  Words16 raw[kWords];
   LC_UNROLL
-  for (int k = 0; k < kWords; ++k) raw[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
+  for (int k = 0; k < kWords; ++k) raw[k] = load16(reinterpret_cast<const char*>(p) + 16 * k);
   LC_UNROLL
   for (int c = 0; c < kStage; ++c) {
     const int byte = c * kBytes;
+    const uint32_t word = raw[byte / 16].w[(byte % 16) / 4];
     scalar_t value;
     if constexpr (kBytes == 2) {
-      const uint32_t w = word_of(raw[byte / 16], (byte % 16) / 4);
-      const uint16_t bits = static_cast<uint16_t>(byte % 4 == 0 ? w & 0xffffu : w >> 16);
+      const uint16_t bits = static_cast<uint16_t>(byte % 4 == 0 ? word & 0xffffu : word >> 16);
       memcpy(&value, &bits, 2);
     } else if constexpr (kBytes == 4) {
-      const uint32_t bits = word_of(raw[byte / 16], (byte % 16) / 4);
-      memcpy(&value, &bits, 4);
+      memcpy(&value, &word, 4);
     } else {
       static_assert(kBytes == 8, "scalar types of 2, 4 or 8 bytes");
-      const uint64_t bits = word_of(raw[byte / 16], (byte % 16) / 4) |
-                            (uint64_t(word_of(raw[byte / 16], (byte % 16) / 4 + 1)) << 32);
+      const uint64_t bits = word | (uint64_t(raw[byte / 16].w[(byte % 16) / 4 + 1]) << 32);
       memcpy(&value, &bits, 8);
     }
-    dst[c * kPlane] = static_cast<acc_t>(value);
+    smem_store(dst + c * kPlane, static_cast<acc_t>(value));
   }
-#else
-  for (int c = 0; c < kStage; ++c) dst[c * kPlane] = static_cast<acc_t>(p[c]);
-#endif
 }
 
 // Phase body: thread t's share of staging channels [c0, c0 + n) of x for window row a and the
@@ -268,7 +317,7 @@ LC_HD void stage_region(int t, const A& args, const Tile& tile, const Strided<co
         stage_pixel(x.ptr + x.at(tile.b, c0, h, w), region + e);
       } else {
         LC_UNROLL
-        for (int c = 0; c < kStage; ++c) region[c * kPlane + e] = acc_t(0);
+        for (int c = 0; c < kStage; ++c) smem_store(region + c * kPlane + e, acc_t(0));
       }
     }
     return;
@@ -294,7 +343,7 @@ LC_HD void stage_region(int t, const A& args, const Tile& tile, const Strided<co
     if (h >= 0 && h < args.height && w >= 0 && w < args.width) {
       v = static_cast<acc_t>(x.ptr[x.at(tile.b, c0 + c, h, w)]);
     }
-    region[c * kPlane + r * cols + q] = v;
+    smem_store(region + c * kPlane + r * cols + q, v);
   }
 }
 
@@ -312,7 +361,7 @@ LC_HD void stage_plane(int t, const A& args, const Tile& tile, const T* plane, i
     if (h >= 0 && h < args.height && w >= 0 && w < args.width) {
       v = static_cast<acc_t>(plane[base + int64_t(h) * args.width + w]);
     }
-    dst[e] = v;
+    smem_store(dst + e, v);
   }
 }
 
@@ -337,7 +386,11 @@ LC_HD void accumulate_dots(int t, const A& args, const Tile& tile, const Pixel& 
   }
 }
 
-// Phase body: acc[off + c] += Σ_g weight[g] · region[c][neighbour g], c < n.
+// Phase body: acc[off + c] += Σ_g weight[g] · region[c][neighbour g], c < n. Neighbours of
+// weight 0 are skipped, not multiplied: a group's last offsets may lie beyond the radius (k = 9:
+// offsets 3..9 in one group of 7) on in-image pixels outside the window, whose inf or NaN must
+// not reach the output (0 · inf = NaN), as in the CPU kernels (docs/cuda.md, "Non-finite
+// inputs"). In-window weights that underflow to 0 add nothing either way.
 template <int G, int OUT, typename acc_t, typename A>
 LC_HD void accumulate_weighted(int t, const A& args, int off, int n, const acc_t* region,
                                const acc_t (&weight)[G], acc_t (&acc)[OUT]) {
@@ -348,7 +401,9 @@ LC_HD void accumulate_weighted(int t, const A& args, int off, int n, const acc_t
       acc_t sum = acc[off + c];
       LC_UNROLL
       for (int g = 0; g < G; ++g) {
-        if (g < args.group) sum += weight[g] * region[c * kPlane + base + g * args.dilation];
+        if (g < args.group && weight[g] != acc_t(0)) {
+          sum += weight[g] * region[c * kPlane + base + g * args.dilation];
+        }
       }
       acc[off + c] = sum;
     }

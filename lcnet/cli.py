@@ -199,7 +199,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         "--amp",
         action="store_true",
         default=default(d.amp),
-        help="float16 mixed precision (CUDA only)",
+        help="mixed precision: float16 autocast and gradient scaling on CUDA, bfloat16 on the CPU",
     )
     optim.add_argument("--seed", type=nonnegative_int, default=default(d.seed))
 

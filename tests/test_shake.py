@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from lcnet import scenes, shake, synth
@@ -87,6 +88,25 @@ def test_eval_figures_match_scikit_image_on_saved_images(
                                          use_sample_covariance=False)  # fmt: skip
             assert record[f"{key}psnr"] == pytest.approx(psnr, abs=1e-9)
             assert record[f"{key}ssim"] == pytest.approx(ssim, abs=1e-9)
+            assert record[f"{key}ssim_matlab"] == pytest.approx(
+                _matlab_ssim(image, sharp), abs=1e-9
+            )
+
+
+def _matlab_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """MATLAB's ssim(A, ref) of uint8 RGB images, written with scipy only: the image as one
+    H x W x 3 volume, an 11x11x11 Gaussian (sigma 1.5, normalised), replicated borders
+    (imgaussfilt3's default), the mean of the whole map."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return gaussian_filter(a, 1.5, mode="nearest", truncate=5 / 1.5)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim = (2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(ssim.mean())
 
 
 def test_sharp_identity_feeds_sharp_images(

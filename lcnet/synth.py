@@ -1,9 +1,12 @@
 """A synthetic GOPRO-layout deblurring set made from the colour photographs bundled with
 scikit-image, blurred the way GOPRO was made.
 
-Two generator versions (``version``): 2 (the default, ``synthetic-gopro-v2``) draws dead-leaves
-scenes and photographs at several scales with moving objects over a moving camera
-(:mod:`lcnet.scenes`); 1 (``synthetic-gopro-v1``, described below) is kept byte for byte.
+Three generator versions (``version``): 3 (the default, ``synthetic-gopro-v3``) is version 2's
+generator with a training split that also shows still cameras, blur down to half a pixel and
+more noise (docs/training.md, "Training data"; its test split is version 2's, byte for byte);
+2 (``synthetic-gopro-v2``) draws dead-leaves scenes and photographs at several scales with
+moving objects over a moving camera (:mod:`lcnet.scenes`); 1 (``synthetic-gopro-v1``,
+described below) is kept byte for byte. Versions 1 and 2: ``lcnet synth --version N``.
 
 GOPRO (Nah et al., 2017) averaged 7-13 consecutive 240 fps frames of a hand-held camera and
 kept the middle frame as the sharp target. Here each pair simulates such a burst: a random
@@ -92,9 +95,11 @@ DEFAULT_SEED = 0
 MANIFEST_NAME = "synth.json"
 #: Generator versions: 1 = camera shake over 5 photographs (``synthetic-gopro-v1``, kept
 #: byte-for-byte reproducible), 2 = dead leaves + photographs at several scales, moving objects
-#: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``, the default).
+#: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``), 3 = version 2 with still
+#: cameras, blur from half a pixel and more noise in the training split (``synthetic-gopro-v3``,
+#: the default; docs/training.md).
 VERSIONS = (1, 2, 3)
-DEFAULT_VERSION = 2
+DEFAULT_VERSION = 3
 #: Version written by default (kept for callers of version 1's name).
 FORMAT_VERSION = DEFAULT_VERSION
 #: Version 2's default pair counts: train half dead leaves, half photographs; test photographs
@@ -348,9 +353,11 @@ def _build_v2(
 
     def run(job: tuple[int, str, int, str, str]) -> tuple[str, dict]:
         split_code, split, index, kind, name = job
-        # Each pair's draw depends only on (seed, split, index, version).
-        rng = np.random.default_rng([seed, split_code, index, version])
-        blur, blur_gamma, sharp, draw = scenes.make_pair(rng, size, split, kind, version)
+        # Each pair's draw depends only on (seed, split, index, version). Version 3 changes
+        # the training split only: its test split is version 2's, byte for byte.
+        drawn = 2 if split == "test" else version
+        rng = np.random.default_rng([seed, split_code, index, drawn])
+        blur, blur_gamma, sharp, draw = scenes.make_pair(rng, size, split, kind, drawn)
         sequence, file = name.split("/")
         for folder, image in (("blur", blur), ("blur_gamma", blur_gamma), (SHARP_DIR, sharp)):
             write_png(out / split / sequence / folder / file, image, PNG_COMPRESS_LEVEL)

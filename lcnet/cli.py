@@ -199,7 +199,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         "--amp",
         action="store_true",
         default=default(d.amp),
-        help="float16 mixed precision (CUDA only)",
+        help="mixed precision: float16 autocast and gradient scaling on CUDA, bfloat16 on the CPU",
     )
     optim.add_argument("--seed", type=nonnegative_int, default=default(d.seed))
 
@@ -361,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write deblurred images and blurry|deblurred|sharp strips here",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="first N pairs only")
+    p.add_argument(
+        "--sharp-identity",
+        action="store_true",
+        help="feed the split's sharp images in and compare the output with them (a deblurrer "
+        "should leave a sharp image alone: 40 dB or more)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_checkpoint_arguments(p)
     p.set_defaults(func=_run_eval)
@@ -437,6 +443,7 @@ def _run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         limit=args.limit,
         lc_backend=args.lc_backend,
         overwrite=args.overwrite,
+        sharp_identity=args.sharp_identity,
     )
     results = evaluate(cfg)
     print(format_table(results))

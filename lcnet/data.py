@@ -53,7 +53,7 @@ __all__ = [
 CACHE_ENV = "LCNET_CACHE"
 #: Sub-folder of the cache that holds the embedded default set; the suffix is bumped with
 #: ``lcnet.synth.FORMAT_VERSION`` so an old set is never mistaken for a new one.
-DEFAULT_DATASET_NAME = "synthetic-gopro-v2"
+DEFAULT_DATASET_NAME = "synthetic-gopro-v3"
 #: Decoded pairs a GoproDataset keeps in memory, per process (the bundled set needs ~60 MB;
 #: GOPRO's 2103 training pairs ~11 GB, so only part of it is cached).
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -186,8 +186,8 @@ def _augment(image: np.ndarray, flip_h: bool, flip_v: bool, order: np.ndarray) -
 
 # ------------------------------------------------------------------------- default data
 def default_data_root() -> Path:
-    """Where the embedded default set lives: ``$LCNET_CACHE/synthetic-gopro-v2``, or
-    ``~/.cache/lcnet/synthetic-gopro-v2`` when ``LCNET_CACHE`` is unset."""
+    """Where the embedded default set lives: ``$LCNET_CACHE/synthetic-gopro-v3``, or
+    ``~/.cache/lcnet/synthetic-gopro-v3`` when ``LCNET_CACHE`` is unset."""
     cache = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lcnet"
     return Path(cache).expanduser() / DEFAULT_DATASET_NAME
 

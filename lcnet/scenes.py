@@ -1,5 +1,5 @@
-"""Scenes and non-uniform motion blur for the synthetic GOPRO-style set, version 2
-(``synthetic-gopro-v2``, see :mod:`lcnet.synth`).
+"""Scenes and non-uniform motion blur for the synthetic GOPRO-style sets, versions 2 and 3
+(``synthetic-gopro-v2``, ``synthetic-gopro-v3``, see :mod:`lcnet.synth`).
 
 Two kinds of scene, both offline:
 
@@ -78,6 +78,18 @@ OBJECT_HEADING_JITTER_RAD = 0.15
 MIN_OBJECT_RADIUS, MAX_OBJECT_RADIUS = 14.0, 56.0
 #: Sensor noise of the blurry images, in 8-bit grey levels.
 MIN_NOISE_LEVELS, MAX_NOISE_LEVELS = 1.0, 2.0
+#: Version 3 (docs/training.md, "Training data v3"): share of pairs with a still camera,
+#: camera path range (log-uniform), frames cap (one frame per pixel of path, up to this), and
+#: per-frame sensor noise in 8-bit grey levels.
+V3_STILL_CAMERA = 0.25
+V3_MIN_PATH_PX, V3_MAX_PATH_PX = 0.5, 20.0
+V3_MAX_FRAMES = 25
+V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS = 0.5, 3.0
+#: Version 3's noise: False (the default set) adds it to the blurry images only, so the sharp
+#: targets are clean and the network learns to denoise, not to copy noise; True puts it on
+#: every frame, the sharp one included (measured in docs/training.md: that network sharpens
+#: noise and loses 3.7 dB on a nearly sharp image of the shake split).
+V3_FRAME_NOISE = False
 #: Dead leaves: shape count and radius range (density ~ r^-3 between them), in pixels.
 MIN_LEAVES, MAX_LEAVES = 300, 600
 MIN_LEAF_RADIUS, MAX_LEAF_RADIUS = 4.0, 120.0
@@ -328,13 +340,23 @@ def _photo_canvas(
 
 # ------------------------------------------------------------------------------------ pairs
 def make_pair(
-    rng: np.random.Generator, size: tuple[int, int], split: str, kind: str
+    rng: np.random.Generator, size: tuple[int, int], split: str, kind: str, version: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, PairDraw]:
     """(blur, blur_gamma, sharp) uint8 (H, W, 3) and what was drawn, for one pair.
 
     ``split`` selects the sources ("train": :data:`TRAIN_PHOTOS` and :data:`TRAIN_TEXTURES`;
     "test": :data:`TEST_PHOTOS` only); ``kind`` is one of :data:`SCENE_KINDS`.
+
+    ``version`` 2 draws exactly as before (byte-identical sets). Version 3 (docs/training.md,
+    "Training data v3") adds what v2 never shows: a still camera in :data:`V3_STILL_CAMERA` of
+    the pairs (static regions; with no moving object, a sharp pair), camera paths from
+    :data:`V3_MIN_PATH_PX` px, at least one frame per pixel of path (no ghosting gaps), and
+    noise of :data:`V3_MIN_NOISE_LEVELS`-:data:`V3_MAX_NOISE_LEVELS` grey levels on the blurry
+    images (on every frame, the sharp one included, with :data:`V3_FRAME_NOISE`).
+    ``lcnet.synth`` draws version 3's test split with version 2.
     """
+    if version not in (2, 3):
+        raise ValueError(f"version: expected 2 or 3, got {version!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     if kind not in SCENE_KINDS:
@@ -349,9 +371,21 @@ def make_pair(
         background, source, scale = _photo_canvas(rng, photos, canvas_shape)
 
     n_frames = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
-    path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
+    if version == 2:
+        path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
+        still = False
+    else:
+        still = bool(rng.random() < V3_STILL_CAMERA)
+        path_length = (
+            0.0
+            if still
+            else math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
+        )
+        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    if still:
+        total_rotation = 0.0
     mid = n_frames // 2
     rotations = total_rotation * (np.arange(n_frames) - mid) / max(n_frames - 1, 1)
     centre = ((canvas_shape[0] - 1) / 2.0, (canvas_shape[1] - 1) / 2.0)
@@ -359,7 +393,8 @@ def make_pair(
     # Moving objects: shapes filled from the split's sources, each an RGBA layer over the whole
     # canvas (only its bounding box is warped), with its own path on top of the camera's.
     objects = []
-    for _ in range(int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))):
+    n_objects = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+    for _ in range(n_objects):
         radius = rng.uniform(MIN_OBJECT_RADIUS, MAX_OBJECT_RADIUS)
         alpha, half = _shape_alpha(rng, radius)
         kinds = ("texture",) if kind == "photo" else ("flat", "gradient", "texture", "texture")
@@ -396,13 +431,26 @@ def make_pair(
             region = frame[y0:y1, x0:x1]
             region[...] = region * (1 - a) + sample[..., :3]
         frame = np.clip(frame, 0.0, 1.0)
+        if version == 3 and V3_FRAME_NOISE:  # every frame a noisy exposure; the sharp one too
+            if f == 0:
+                noise_levels = float(rng.uniform(V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS))
+            sigma = noise_levels / UINT8_MAX
+            frame = np.clip(frame + rng.normal(0.0, sigma, frame.shape).astype(np.float32), 0, 1)
         if f == mid:
             sharp = frame
         srgb_sum += frame
         linear_sum += frame**GAMMA
     assert sharp is not None
-    noise_levels = float(rng.uniform(MIN_NOISE_LEVELS, MAX_NOISE_LEVELS))
-    noise = rng.normal(0.0, noise_levels / UINT8_MAX, (2, height, width, 3)).astype(np.float32)
+    if version == 3 and V3_FRAME_NOISE:
+        noise = np.zeros((2, 1, 1, 1), np.float32)
+    else:
+        low, high = (
+            (MIN_NOISE_LEVELS, MAX_NOISE_LEVELS)
+            if version == 2
+            else (V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS)
+        )
+        noise_levels = float(rng.uniform(low, high))
+        noise = rng.normal(0.0, noise_levels / UINT8_MAX, (2, height, width, 3)).astype(np.float32)
     blur = quantise(srgb_sum / n_frames + noise[0])
     blur_gamma = quantise((linear_sum / n_frames) ** (1.0 / GAMMA) + noise[1])
     draw = PairDraw(

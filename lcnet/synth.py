@@ -1,9 +1,12 @@
 """A synthetic GOPRO-layout deblurring set made from the colour photographs bundled with
 scikit-image, blurred the way GOPRO was made.
 
-Two generator versions (``version``): 2 (the default, ``synthetic-gopro-v2``) draws dead-leaves
-scenes and photographs at several scales with moving objects over a moving camera
-(:mod:`lcnet.scenes`); 1 (``synthetic-gopro-v1``, described below) is kept byte for byte.
+Three generator versions (``version``): 3 (the default, ``synthetic-gopro-v3``) is version 2's
+generator with a training split that also shows still cameras, blur down to half a pixel and
+more noise (docs/training.md, "Training data"; its test split is version 2's, byte for byte);
+2 (``synthetic-gopro-v2``) draws dead-leaves scenes and photographs at several scales with
+moving objects over a moving camera (:mod:`lcnet.scenes`); 1 (``synthetic-gopro-v1``,
+described below) is kept byte for byte. Versions 1 and 2: ``lcnet synth --version N``.
 
 GOPRO (Nah et al., 2017) averaged 7-13 consecutive 240 fps frames of a hand-held camera and
 kept the middle frame as the sharp target. Here each pair simulates such a burst: a random
@@ -92,9 +95,11 @@ DEFAULT_SEED = 0
 MANIFEST_NAME = "synth.json"
 #: Generator versions: 1 = camera shake over 5 photographs (``synthetic-gopro-v1``, kept
 #: byte-for-byte reproducible), 2 = dead leaves + photographs at several scales, moving objects
-#: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``, the default).
-VERSIONS = (1, 2)
-DEFAULT_VERSION = 2
+#: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``), 3 = version 2 with still
+#: cameras, blur from half a pixel and more noise in the training split (``synthetic-gopro-v3``,
+#: the default; docs/training.md).
+VERSIONS = (1, 2, 3)
+DEFAULT_VERSION = 3
 #: Version written by default (kept for callers of version 1's name).
 FORMAT_VERSION = DEFAULT_VERSION
 #: Version 2's default pair counts: train half dead leaves, half photographs; test photographs
@@ -115,6 +120,9 @@ TEST_SOURCES = ("chelsea.png", "motorcycle_left.png", "motorcycle_right.png")
 
 #: Pairs per synthetic "video" folder (GOPRO has 33 sequences of ~100 frames).
 PAIRS_PER_SEQUENCE = 8
+#: ``lcnet synth --generator``: this module's generator, or the independent test generator
+#: (:mod:`lcnet.shake`).
+GENERATORS = ("lcnet", "shake")
 #: Smallest image side accepted for ``size``.
 MIN_SIZE = 16
 
@@ -325,7 +333,13 @@ def default_pairs(version: int) -> tuple[int, int]:
 
 
 def _build_v2(
-    out: Path, train_pairs: int, test_pairs: int, seed: int, size: tuple[int, int], workers: int
+    out: Path,
+    train_pairs: int,
+    test_pairs: int,
+    seed: int,
+    size: tuple[int, int],
+    workers: int,
+    version: int = 2,
 ) -> None:
     """Version 2 (:mod:`lcnet.scenes`): train pairs alternate dead leaves and photographs,
     test pairs are photographs of the test sources; the manifest comes last."""
@@ -339,9 +353,11 @@ def _build_v2(
 
     def run(job: tuple[int, str, int, str, str]) -> tuple[str, dict]:
         split_code, split, index, kind, name = job
-        # Each pair's draw depends only on (seed, split, index, version).
-        rng = np.random.default_rng([seed, split_code, index, 2])
-        blur, blur_gamma, sharp, draw = scenes.make_pair(rng, size, split, kind)
+        # Each pair's draw depends only on (seed, split, index, version). Version 3 changes
+        # the training split only: its test split is version 2's, byte for byte.
+        drawn = 2 if split == "test" else version
+        rng = np.random.default_rng([seed, split_code, index, drawn])
+        blur, blur_gamma, sharp, draw = scenes.make_pair(rng, size, split, kind, drawn)
         sequence, file = name.split("/")
         for folder, image in (("blur", blur), ("blur_gamma", blur_gamma), (SHARP_DIR, sharp)):
             write_png(out / split / sequence / folder / file, image, PNG_COMPRESS_LEVEL)
@@ -360,7 +376,7 @@ def _build_v2(
         torch.set_num_threads(threads)
     manifest: dict = {
         "generator": "lcnet.synth",
-        "format_version": 2,
+        "format_version": version,
         "seed": seed,
         "size": list(size),
         "pairs": {"train": train_pairs, "test": test_pairs},
@@ -382,6 +398,16 @@ def _build_v2(
         "mean_psnr": {},
         "images": {},
     }
+    if version == 3:
+        manifest["blur_model"].update(
+            {
+                "still_camera": scenes.V3_STILL_CAMERA,
+                "camera_path_px": [0.0, scenes.V3_MIN_PATH_PX, scenes.V3_MAX_PATH_PX],
+                "frames": [scenes.MIN_FRAMES, scenes.V3_MAX_FRAMES],
+                "noise_levels_uint8": [scenes.V3_MIN_NOISE_LEVELS, scenes.V3_MAX_NOISE_LEVELS],
+                "noise": "on every frame, the sharp (middle) frame included",
+            }
+        )
     _summarise(manifest, results, train_pairs, test_pairs)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -524,8 +550,10 @@ def make_synthetic_gopro(
             seed,
             out,
         )
-        build = _build if version == 1 else _build_v2
-        build(tmp, int(train_pairs), int(test_pairs), int(seed), size, workers)
+        if version == 1:
+            _build(tmp, int(train_pairs), int(test_pairs), int(seed), size, workers)
+        else:
+            _build_v2(tmp, int(train_pairs), int(test_pairs), int(seed), size, workers, version)
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         if out.is_dir() and overwrite:
             shutil.rmtree(out)
@@ -569,6 +597,14 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``lcnet synth`` options to ``parser`` (returned for chaining)."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (GOPRO layout)")
     parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="lcnet",
+        help="lcnet: the training generator (train and test splits); shake: the independent "
+        "test generator (lcnet.shake: camera-shake and linear-motion kernels on photographs "
+        "no training set uses; a test split only)",
+    )
+    parser.add_argument(
         "--version",
         type=int,
         choices=VERSIONS,
@@ -611,6 +647,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_synth(args: argparse.Namespace) -> int:
     """Run ``lcnet synth`` with parsed ``args``; returns the exit status (0)."""
+    if getattr(args, "generator", "lcnet") == "shake":
+        return _run_shake(args)
     out = make_synthetic_gopro(
         args.out,
         train_pairs=args.train_pairs,
@@ -630,5 +668,29 @@ def run_synth(args: argparse.Namespace) -> int:
             psnr["psnr_blur"],
             psnr["psnr_blur_gamma"],
         )
+    logger.info("wrote %s", out)
+    return 0
+
+
+def _run_shake(args: argparse.Namespace) -> int:
+    """``lcnet synth --generator shake``: the independent test split (:mod:`lcnet.shake`)."""
+    from . import shake  # test-only generator: imported only when asked for
+
+    if args.train_pairs is not None:
+        raise ValueError(
+            f"--train-pairs {args.train_pairs}: --generator shake writes a test split only"
+        )
+    if getattr(args, "synth_version", DEFAULT_VERSION) != DEFAULT_VERSION:
+        raise ValueError(
+            f"--version {args.synth_version}: versions are lcnet's generator's; "
+            "--generator shake has one"
+        )
+    out = shake.make_shake_set(
+        args.out,
+        pairs=shake.DEFAULT_PAIRS if args.test_pairs is None else args.test_pairs,
+        seed=args.seed,
+        size=args.size,
+        overwrite=args.overwrite,
+    )
     logger.info("wrote %s", out)
     return 0

@@ -91,6 +91,8 @@ log = logging.getLogger(__name__)
 #: Under data parallelism the ranks agree on a stop request (one all_reduce, a device sync
 #: under NCCL) only every this many steps.
 STOP_CHECK_EVERY = 10
+#: --amp: the autocast dtype per device type (float16 needs CUDA's gradient scaler).
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 
 
 @dataclass
@@ -111,7 +113,7 @@ class TrainConfig:
     content_weight: float = 0.1
     vgg_weights: str | None = None
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False  # float16 autocast + gradient scaling, CUDA only
+    amp: bool = False  # autocast: float16 + gradient scaling on CUDA, bfloat16 on the CPU
     workers: int | None = None  # data-loading processes per rank; None: min(8, CPU count)
     seed: int = 0
     resume: bool = False
@@ -315,9 +317,9 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     _check_batch_split(cfg.batch_size, ddp.world_size)
     device = resolve_device(cfg.device, ddp.local_rank)
     check_backend(cfg.lc_backend, device)
-    amp = cfg.amp and device.type == "cuda"
+    amp = cfg.amp and device.type in AMP_DTYPES
     if cfg.amp and not amp:
-        log.warning("--amp: mixed precision needs CUDA; training in float32 on %s", device)
+        log.warning("--amp: no mixed precision on %s; training in float32", device)
     workers = min(8, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
     root, dataset, val_pairs = _data(cfg, ddp)
 
@@ -327,7 +329,8 @@ def _train(cfg: TrainConfig, explicit: frozenset[str] | None, ddp: Dist) -> Trai
     model = _model(cfg, ckpt, out / "last.pt").to(device, memory_format=_memory_format(cfg))
     loss_fn = _loss(cfg).to(device)
     optimizer, scheduler = _optimizer(cfg, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    # Gradient scaling for float16 only: bfloat16 has float32's exponent range.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     state, rng_state, horizon = _State(), None, None
     if ckpt is not None:
         horizon = _saved_cosine_horizon(ckpt)
@@ -596,7 +599,8 @@ def _train_step(
     recipe'): every rank sees its own loss, and the error says what to change.
     """
     optimizer, scaler = run.optimizer, run.scaler
-    with torch.autocast(device_type=blur.device.type, dtype=torch.float16, enabled=run.amp):
+    dtype = AMP_DTYPES.get(blur.device.type, torch.float16)
+    with torch.autocast(device_type=blur.device.type, dtype=dtype, enabled=run.amp):
         loss = run.loss_fn(run.net(blur), sharp)
     if not bool(torch.isfinite(loss)):
         raise _Diverged(

@@ -32,11 +32,30 @@ def test_version_1_is_byte_for_byte_the_original(tmp_path: Path) -> None:
     assert json.loads((out / synth.MANIFEST_NAME).read_text())["format_version"] == 1
 
 
-def test_default_set_is_version_2() -> None:
+def test_default_set_is_version_3() -> None:
     from lcnet import data
 
-    assert synth.DEFAULT_VERSION == 2 and data.DEFAULT_DATASET_NAME == "synthetic-gopro-v2"
+    assert synth.DEFAULT_VERSION == 3 and data.DEFAULT_DATASET_NAME == "synthetic-gopro-v3"
     assert synth.dataset_name(1) == "synthetic-gopro-v1"
+
+
+def test_version_2_is_byte_for_byte_as_before(tmp_path: Path) -> None:
+    # Digest of the PNGs written by version 2 before version 3 existed (commit 8378383).
+    out = synth.make_synthetic_gopro(
+        tmp_path / "v2", train_pairs=3, test_pairs=2, size=(48, 64), seed=5, workers=1, version=2
+    )
+    assert _digest(out) == "eac7ffba35f080052a9db4203d27359732d8784dd3111e4d8197844eaee4ec36"
+
+
+def test_version_3_changes_the_training_split_only(tmp_path: Path) -> None:
+    kwargs = {"train_pairs": 8, "test_pairs": 2, "size": (48, 64), "seed": 5, "workers": 1}
+    v2 = synth.make_synthetic_gopro(tmp_path / "v2", version=2, **kwargs)
+    v3 = synth.make_synthetic_gopro(tmp_path / "v3", version=3, **kwargs)
+    assert _digest(v2 / "test") == _digest(v3 / "test")
+    assert _digest(v2 / "train") != _digest(v3 / "train")
+    draws = json.loads((v3 / synth.MANIFEST_NAME).read_text())["images"]["train"]
+    assert json.loads((v3 / synth.MANIFEST_NAME).read_text())["format_version"] == 3
+    assert min(d["path_length_px"] for d in draws) < scenes.V3_MIN_PATH_PX + 3  # short blur
 
 
 @pytest.mark.parametrize("kind", scenes.SCENE_KINDS)
@@ -93,7 +112,7 @@ def test_moving_object_over_still_camera_blurs_only_the_object(
 
 def test_version_2_build_records_scenes(tmp_path: Path) -> None:
     out = synth.make_synthetic_gopro(
-        tmp_path / "v2", train_pairs=4, test_pairs=2, size=SIZE, seed=1, workers=2
+        tmp_path / "v2", train_pairs=4, test_pairs=2, size=SIZE, seed=1, workers=2, version=2
     )
     manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
     assert manifest["format_version"] == 2

@@ -162,7 +162,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
             {"size": (400, 64), "version": 1},
             "size: source photo .* smaller than the requested image size 400x64",
         ),
-        ({"version": 3}, r"version: expected one of \(1, 2\), got 3"),
+        ({"version": 4}, r"version: expected one of \(1, 2, 3\), got 4"),
         ({"workers": 0}, "workers: expected a positive integer, got 0"),
     ],
 )
@@ -195,7 +195,7 @@ def test_cli_arguments(size_args: list[str]) -> None:
     args = _parser().parse_args(["--out", "x", "--train-pairs", "3", "--size", *size_args])
     assert args.size == (48, 64) and args.train_pairs == 3 and args.out == Path("x")
     assert args.test_pairs is None and not args.overwrite  # the version's default
-    assert args.synth_version == synth.DEFAULT_VERSION == 2
+    assert args.synth_version == synth.DEFAULT_VERSION == 3
     defaults = _parser().parse_args(["--out", "x"])
     assert defaults.size == synth.DEFAULT_SIZE and defaults.seed == synth.DEFAULT_SEED
 

@@ -114,10 +114,8 @@ def test_run_folder_holds_config_logs_and_a_weights_only_checkpoint(tiny_run: Pa
     assert "done at step 2" in (tiny_run / "train.log").read_text()
 
 
-def test_training_lowers_the_loss(tiny_gopro: Path, tmp_path: Path) -> None:
-    assert _train(tiny_gopro, tmp_path / "run", "--max-steps", "8", "--lr", "2e-3") == 0
-    losses = [r["loss"] for r in _records(tmp_path / "run")]
-    assert min(losses[-3:]) < losses[0]
+# That training lowers the loss (on a fixed batch) and beats the blurry input on held-out
+# pairs: tests/test_learning.py (the old 8-step test here passed with a no-op optimiser step).
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import _buildcfg, reference
+from . import _buildcfg, decomposed, reference
 from ._checks import check_arguments
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "extension_error",
     "local_correlation",
     "reference",
+    "decomposed",
 ]
 
 try:
@@ -78,7 +79,8 @@ class LocalCorrelation(torch.nn.Module):
         scale: multiplier of the dot products.
         backend: ``"fused"`` (the compiled kernels) or ``"reference"`` (pure PyTorch,
             slow, materialises k²-sized tensors; for checking and for machines without the
-            compiled extension).
+            compiled extension) or ``"decomposed"`` (standard ops offset by offset, no
+            k²·C tensor; the form exported to ONNX, see :mod:`lcblock_cuda.decomposed`).
     """
 
     def __init__(
@@ -89,12 +91,18 @@ class LocalCorrelation(torch.nn.Module):
         self.kernel_size, self.dilation, self.scale = check_arguments(
             probe, probe, kernel_size, dilation, scale
         )
-        if backend not in ("fused", "reference"):
+        functions = {
+            "fused": local_correlation,
+            "reference": reference.local_correlation,
+            "decomposed": decomposed.local_correlation,
+        }
+        if backend not in functions:
             raise ValueError(
-                f"LocalCorrelation: expected backend 'fused' or 'reference', got {backend!r}"
+                "LocalCorrelation: expected backend 'fused', 'reference' or 'decomposed', "
+                f"got {backend!r}"
             )
         self.backend = backend
-        self._fn = local_correlation if backend == "fused" else reference.local_correlation
+        self._fn = functions[backend]
 
     def forward(self, pattern: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         return self._fn(pattern, content, self.kernel_size, self.dilation, self.scale)

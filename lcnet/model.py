@@ -59,7 +59,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LC_BACKENDS = ("fused", "reference")
+LC_BACKENDS = ("fused", "reference", "decomposed")
 #: Weight initialisations: "xavier" is the paper's (section 3.1) everywhere; "identity" also
 #: zeroes the last convolution of every residual branch (ResBlock, LCBlock) and the output
 #: convolution, so the untrained network returns its input (docs/DESIGN.md, 'Training recipe').
@@ -116,8 +116,9 @@ class LCNetConfig:
         squeeze: LCBlock's pattern/content convs map C -> C // squeeze channels.
         negative_slope: slope of every LeakyReLU.
         lcblocks_per_dblock: LCBlocks at the start of each DBlock.
-        lc_backend: ``"fused"`` (compiled lcblock_cuda kernels) or ``"reference"`` (pure
-            PyTorch, slow). Not part of the architecture: weights move freely between backends.
+        lc_backend: ``"fused"`` (compiled lcblock_cuda kernels), ``"reference"`` (pure
+            PyTorch, slow) or ``"decomposed"`` (standard ops, the ONNX export mode). Not
+            part of the architecture: weights move freely between backends.
         init: ``"xavier"`` (the paper) or ``"identity"`` (residual branches and the output
             convolution start at zero: the untrained network is the identity). Only affects
             fresh weights; not part of the architecture.
@@ -278,7 +279,8 @@ class LCBlock(nn.Module):
         dilation: spacing between window taps, >= 1.
         scale: multiplier of the dot products.
         squeeze: r, the channel reduction of the pattern and content features.
-        backend: ``"fused"`` (compiled kernels) or ``"reference"`` (pure PyTorch).
+        backend: ``"fused"`` (compiled kernels), ``"reference"`` (pure PyTorch) or
+            ``"decomposed"`` (standard ops; the ONNX export mode).
         logits: ``"dot"`` (eq. 3: ``scale * <p_i, p_j>``) or ``"cosine"``: the pattern
             features are L2-normalised per pixel and multiplied by ``sqrt(t)``, so the logits are
             ``t * cos(p_i, p_j)`` with a learned temperature ``t = exp(log_temperature)``
@@ -372,23 +374,49 @@ class DBlock(nn.Module):
         return self.upsample(self.lcblocks(x))
 
 
-def _pad_mode(pad: int, size: int) -> str:
-    # Reflect padding needs pad < size; tiny inputs fall back to replicating the border.
-    return "reflect" if pad < size else "replicate"
+def _pad_end(x: torch.Tensor, dim: int, padded, multiple: int) -> torch.Tensor:
+    # Pad ``dim`` at its end to length ``padded`` (size <= padded < size + multiple): reflect
+    # padding, or replicate where the side is too short to reflect (pad >= size, only possible
+    # for sides < multiple). The reflection is a gather with indices i (inside) and
+    # 2 * (size - 1) - i (beyond the end), the same values as F.pad(mode="reflect"). Written so
+    # because torch.export cannot prove F.pad's or a slice's bound checks for a dynamic side;
+    # an index tensor of length ``padded`` needs no proof, and the size test is on the size
+    # alone (decided from the range when the side's minimum is >= multiple).
+    size = x.shape[dim]
+    if size < multiple and padded - size >= size:
+        widths = (0, padded - size, 0, 0) if dim == x.dim() - 1 else (0, 0, 0, padded - size)
+        return F.pad(x, widths, mode="replicate")
+    i = torch.arange(padded, device=x.device)
+    return x.index_select(dim, torch.where(i < size, i, 2 * (size - 1) - i))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom and right so H and W are multiples of ``multiple``.
 
-    Reflect padding where the side is long enough (pad < side), replicate otherwise.
+    Reflect padding where the side is long enough (pad < side), replicate otherwise. No branch
+    on the size for sides >= ``multiple``, so LCNet exports with dynamic H and W
+    (docs/op.md, "Export").
     """
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_w:
-        x = F.pad(x, (0, pad_w, 0, 0), mode=_pad_mode(pad_w, width))
-    if pad_h:
-        x = F.pad(x, (0, 0, 0, pad_h), mode=_pad_mode(pad_h, height))
-    return x
+    # The padded side written as multiple * ceil(side / multiple), not side + (-side % multiple):
+    # the same number, but torch.export then knows it is a multiple (the skip connections'
+    # shapes agree for every size, with no guard).
+    x = _pad_end(x, x.dim() - 1, multiple * ((width + multiple - 1) // multiple), multiple)
+    return _pad_end(x, x.dim() - 2, multiple * ((height + multiple - 1) // multiple), multiple)
+
+
+def crop_to(x: torch.Tensor, height, width) -> torch.Tensor:
+    """The top-left (height, width) of (B, C, H', W') with H' >= height, W' >= width.
+
+    ``x[..., :height, :width]`` in eager mode; under torch.export (symbolic sizes) a gather of
+    the first rows and columns, because a slice's bound check (height <= H') is a guard that
+    torch.export cannot prove for a dynamic side padded to a multiple.
+    """
+    if isinstance(height, int) and isinstance(width, int):
+        return x[..., :height, :width]
+    rows = torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 # --------------------------------------------------------------------------- the network
@@ -459,7 +487,7 @@ class LCNet(nn.Module):
         for decoder in self.decoders:
             # Skip from the EBlock of the same size; the last DBlock adds the blurry input.
             feat = decoder(feat) + (skips.pop() if skips else padded)
-        return feat[..., :height, :width]
+        return crop_to(feat, height, width)
 
     def set_lc_backend(self, backend: str) -> LCNet:
         """Switch every LCBlock to ``"fused"`` or ``"reference"`` in place; returns self."""

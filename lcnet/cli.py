@@ -18,6 +18,7 @@ from typing import Any
 from . import plot, synth
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LCNetError, one_line
 from .evaluate import EvalConfig, evaluate, format_table
+from .export import ExportConfig, export_model
 from .inference import DeblurConfig, deblur_files
 from .losses import VGGWeightsNotFoundError
 from .recipes import RECIPES, apply_recipe
@@ -392,7 +393,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by lcnet train")
     p.add_argument("--out", metavar="PNG", default=None, help="default: RUN_DIR/curve.png")
     p.set_defaults(func=_run_plot)
+
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX (.onnx) or torch.export (.pt2)",
+        description="Export a checkpoint; the format comes from the suffix of --out. "
+        ".onnx: standard ONNX operators (no custom op; ONNX Runtime runs it), dynamic batch, "
+        "height and width >= 16; needs the [export] extra. .pt2: torch.export with the fused "
+        "op, dynamic height and width in 16..4096; load it where lcblock_cuda is importable.",
+    )
+    p.add_argument("--checkpoint", metavar="CKPT", required=True, help="a .pt from lcnet train")
+    p.add_argument("--out", metavar="FILE", required=True, help="FILE.onnx or FILE.pt2")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    export_model(ExportConfig(checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

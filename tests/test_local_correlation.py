@@ -422,7 +422,9 @@ def test_module_matches_function_and_reference_backend():
 def test_module_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kernel_size to be an odd integer >= 1, got 4"):
         LocalCorrelation(4)
-    with pytest.raises(ValueError, match="backend 'fused', 'reference' or 'decomposed', got 'cuda'"):
+    with pytest.raises(
+        ValueError, match="backend 'fused', 'reference' or 'decomposed', got 'cuda'"
+    ):
         LocalCorrelation(3, backend="cuda")
 
 

@@ -25,9 +25,10 @@
 //  3. The sites that apply 1/Σ: the CPU forward leaves its weights unnormalised and multiplies
 //     the gathered output by 1/Σ, in gather_channels_last (forward.cpp) and through row_scale
 //     in gather_rows (csrc/cpu/rows.h). Specialised to save one multiply per weight.
-//  4. csrc/cpu/backward.cpp: w_ij = exp(logit − L_i) and w_ji = exp(logit − L_j) recomputed
-//     from the saved L, vectorised over pixels, out-of-image lanes masked in the gathers
-//     (gather_channels). Specialised for the same row-segment vectorisation as the forward.
+//  4. csrc/cpu/backward.cpp: each pixel pair's logit, <dy_i, c_j> and <dy_j, c_i> computed once
+//     over the forward half of the window; w_ij = exp(logit − L_i), w_ji = exp(logit − L_j) and
+//     the shared dx coefficient kept in row rings, then gathered over the whole window
+//     (docs/cpu_kernels.md). Out-of-image lanes masked in the gathers (gather_channels).
 //  5. csrc/tiled/tiled_kernels.h: the CUDA block code. Window bounds from valid_offsets, the
 //     online-softmax step from softmax_rescale; out-of-image neighbours are zeros in the staged
 //     regions and are skipped by the same bounds. Specialised for shared-memory tiles.

@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write",
     "is_hidden",
     "list_pairs",
+    "check_new_folder",
     "check_output_folder",
     "read_image",
     "remove_stale_temp_files",
@@ -161,6 +162,15 @@ def check_output_folder(folder: str | os.PathLike[str], what: str) -> Path:
         reason = exc.strerror or one_line(exc)
         raise LCNetError(f"{what} {folder}: cannot write there ({reason})") from exc
     return folder
+
+
+def check_new_folder(out: Path, overwrite: bool) -> None:
+    """Raise ``FileExistsError`` naming ``out`` unless it is absent, an empty folder, or
+    ``overwrite`` is given (the data generators' output check, before any work)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite=True)")
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -40,7 +40,7 @@ import PIL.Image
 import skimage
 from scipy.signal import fftconvolve
 
-from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, read_image, write_png
+from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, check_new_folder, read_image, write_png
 from .metrics import psnr
 
 logger = logging.getLogger(__name__)
@@ -267,10 +267,7 @@ def make_shake_set(
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     if len(size) != 2 or min(size) < 16:
         raise ValueError(f"size: expected both sides >= 16, got {size!r}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite=True)")
+    check_new_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

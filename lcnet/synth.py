@@ -54,7 +54,7 @@ from skimage.transform import AffineTransform, warp
 
 from . import metrics, scenes
 from .io import BLUR_DIRS as BLUR_DIRS  # noqa: F401 (lcnet.synth.BLUR_DIRS, as before)
-from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, read_image, write_png
+from .io import PNG_COMPRESS_LEVEL, SHARP_DIR, check_new_folder, read_image, write_png
 from .scenes import (
     GAMMA,
     HEADING_JITTER_RAD,
@@ -533,10 +533,7 @@ def make_synthetic_gopro(
     size = _validate_size(size)
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite=True)")
+    check_new_folder(out, overwrite)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

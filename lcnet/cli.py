@@ -20,7 +20,9 @@ from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LCNetError, one_line
 from .evaluate import EvalConfig, evaluate, format_table
 from .export import ExportConfig, export_model
 from .inference import DeblurConfig, deblur_files
+from .layouts import LAYOUTS
 from .losses import VGGWeightsNotFoundError
+from .model import LC_BACKENDS
 from .recipes import RECIPES, apply_recipe
 from .train import TrainConfig, train
 
@@ -219,9 +221,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
     )
     model.add_argument(
         "--lc-backend",
-        choices=("fused", "reference"),
+        choices=LC_BACKENDS,
         default=default(d.lc_backend),
-        help="fused: the compiled kernels; reference: pure PyTorch (slow)",
+        help="fused: the compiled kernels; reference: pure PyTorch (slow); decomposed: "
+        "standard ops offset by offset (the ONNX export form)",
     )
     model.add_argument(
         "--init",
@@ -305,9 +308,10 @@ def _add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     _add_device(p)
     p.add_argument(
         "--lc-backend",
-        choices=("fused", "reference"),
+        choices=LC_BACKENDS,
         default=None,
-        help="override the checkpoint's local-correlation backend",
+        help="override the checkpoint's local-correlation backend (fused, reference: pure "
+        "PyTorch, decomposed: standard ops offset by offset)",
     )
 
 
@@ -341,18 +345,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="PSNR / SSIM / size / runtime of a checkpoint (Table 1)",
-        description="Evaluate a checkpoint on a GOPRO-layout split: PSNR and SSIM per image, "
-        "the blurry input as baseline, parameter count, size and runtime; prints a table "
-        "like the paper's Table 1.",
+        help="PSNR / SSIM / size / runtime of a checkpoint (Table 1; GOPRO, HIDE, RealBlur)",
+        description="Evaluate a checkpoint on GOPRO (a GOPRO-layout split), HIDE or RealBlur "
+        "(their test sets, in the layouts they are distributed in; docs/evaluation.md): PSNR "
+        "and SSIM per image, the blurry input as baseline, parameter count, size and runtime. "
+        "GOPRO prints a table like the paper's Table 1; HIDE adds its two subsets; RealBlur "
+        "is scored with its own protocol (intensity matching, ECC alignment; needs the "
+        "[realblur] extra).",
     )
     p.add_argument("--data", metavar="ROOT", default=None, help="default: the bundled set")
-    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="layout of --data (default: detected). gopro: ROOT/{train,test}/SEQ/{blur,sharp}; "
+        "hide: ROOT/test/test-{close-ups,long-shot}, ROOT/GT; realblur: "
+        "ROOT/RealBlur_{J,R}_test_list.txt (realblur-j / realblur-r: one list only)",
+    )
+    p.add_argument("--split", choices=("train", "test"), default="test", help="GOPRO only")
     p.add_argument(
         "--blur-dir",
         choices=("blur", "blur_gamma"),
         default=None,
-        help="blurry images to use (default: those the checkpoint was trained on)",
+        help="GOPRO only: blurry images to use (default: those the checkpoint was trained on)",
     )
     p.add_argument("--out", metavar="RESULTS_JSON", default=None, help="write results here")
     p.add_argument(
@@ -456,6 +471,7 @@ def _run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg = EvalConfig(
         checkpoint=args.checkpoint,
         data=args.data,
+        layout=args.layout,
         split=args.split,
         blur_dir=args.blur_dir,
         out=args.out,

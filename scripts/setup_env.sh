@@ -32,7 +32,7 @@ fi
 # Where nvcc is a wrapper script (as on our machines), setup.py asks nvcc for the real
 # toolkit folder; TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0" when no GPU is visible.
 echo "setup: building lcblock_cuda (C++ and, if a toolkit is found, CUDA kernels); this takes a few minutes"
-python -m pip install --quiet --no-build-isolation -e ".[dev,export]"
+python -m pip install --quiet --no-build-isolation -e ".[dev,export,realblur]"
 python - <<'PY'
 import torch, lcblock_cuda
 err = lcblock_cuda.extension_error()

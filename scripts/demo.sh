@@ -19,7 +19,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 RUN="runs/demo-$(date +%Y%m%d-%H%M%S)"
 SHAKE="${LCNET_CACHE:-$HOME/.cache/lcnet}/shake-test-v1"
 # --recipe quick: warm-up + cosine, gradient clipping, identity init, L1 + FFT loss,
-# batch 8 of 96x96 crops, its own number of steps (README, "departs from the paper").
+# batch 8 of 96x96 crops, its own number of steps (docs/recipes.md).
 lcnet train --recipe quick --out "$RUN" "$@"
 [ -f "$SHAKE/synth.json" ] || lcnet synth --generator shake --out "$SHAKE"
 CKPT=(--checkpoint "$RUN/last.pt")

@@ -75,9 +75,14 @@ def psnr(pred: np.ndarray, target: np.ndarray) -> float:
     """PSNR in dB of two uint8 (H, W, 3) RGB images, peak 255; ``inf`` if they are equal."""
     pred, target = _check_pair(pred, target)
     mse = float(np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2))
+    return psnr_from_mse(mse, MAX_PIXEL_VALUE)
+
+
+def psnr_from_mse(mse: float, peak: float) -> float:
+    """``10 log10(peak**2 / mse)`` in dB; ``inf`` for ``mse == 0`` (the one PSNR formula)."""
     if mse == 0.0:
         return float("inf")
-    return 10.0 * math.log10(MAX_PIXEL_VALUE**2 / mse)
+    return 10.0 * math.log10(peak**2 / mse)
 
 
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:

@@ -11,7 +11,7 @@ Per image, with the output ``z`` and the ground truth ``x`` as float32 in [0, 1]
    BORDER_REFLECT)``; the valid region ``cr`` is an all-ones image warped with
    ``INTER_NEAREST + WARP_INVERSE_MAP`` and a constant 0 border; ``zr = zr * cr``,
    ``xr = x * cr``;
-4. PSNR: ``10 log10(1 / (sum((xr - zr)^2) / sum(cr)))``;
+4. PSNR with peak 1 of the MSE over the valid region (``sum((xr - zr)^2) / sum(cr)``);
 5. SSIM: scikit-image ``structural_similarity(xr, zr, gaussian_weights=True,
    use_sample_covariance=False, data_range=1, full=True)`` per channel; the map times ``cr``,
    5 pixels cropped on each side, summed and divided by the cropped ``cr``'s sum per channel,
@@ -27,13 +27,13 @@ says so when it is missing.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
 from .errors import LCNetError
+from .metrics import psnr_from_mse
 
 __all__ = [
     "ECC_GAUSS_FILT_SIZE",
@@ -124,9 +124,7 @@ def align(
 def masked_psnr(xr: np.ndarray, zr: np.ndarray, cr: np.ndarray) -> float:
     """The script's ``compute_psnr`` with data range 1: MSE over the valid region ``cr``."""
     err = np.sum((xr - zr) ** 2, dtype=np.float64) / np.sum(cr, dtype=np.float64)
-    if err == 0:
-        return float("inf")
-    return 10 * math.log10(1.0 / err)
+    return psnr_from_mse(float(err), 1.0)
 
 
 def masked_ssim(xr: np.ndarray, zr: np.ndarray, cr: np.ndarray) -> float:

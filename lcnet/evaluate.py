@@ -24,7 +24,7 @@ import torch
 from .errors import LCNetError, check_int
 from .inference import check_tile, load_model, read_user_image, resolve_overlap, run_timed
 from .io import check_output_folder, write_json, write_png
-from .layouts import LAYOUTS, EvalPair, list_eval_pairs
+from .layouts import EvalPair, list_eval_pairs
 from .metrics import SSIM_MIN_SIZE, psnr, ssim, ssim_matlab
 from .runtime import data_root, describe_device, resolve_device
 
@@ -244,8 +244,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """
     check_tile(cfg.tile, cfg.tile_overlap)
     check_int("--limit", cfg.limit, 1, optional=True)
-    if cfg.layout not in LAYOUTS:
-        raise LCNetError(f"--layout must be one of {', '.join(LAYOUTS)}, got {cfg.layout!r}")
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
         check_output_folder(out.parent, "--out")

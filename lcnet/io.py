@@ -37,6 +37,7 @@ __all__ = [
     "ImagePair",
     "ImageReadError",
     "atomic_write",
+    "image_names",
     "is_hidden",
     "list_pairs",
     "check_new_folder",
@@ -255,7 +256,8 @@ def _check_choice(arg: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{arg}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def _images_in(folder: Path) -> set[str]:
+def image_names(folder: Path) -> set[str]:
+    """Names of the pair images (PAIR_SUFFIXES) in ``folder``, hidden files left out."""
     return {
         p.name
         for p in folder.iterdir()
@@ -288,7 +290,7 @@ def list_pairs(
         for folder in (blur_folder, sharp_folder):
             if not folder.is_dir():
                 raise FileNotFoundError(f"sequence {sequence} has no {folder.name}/ folder")
-        blurs, sharps = _images_in(blur_folder), _images_in(sharp_folder)
+        blurs, sharps = image_names(blur_folder), image_names(sharp_folder)
         for name in sorted(blurs - sharps):
             unpaired.append(
                 f"blurry image {blur_folder / name} has no sharp twin {sharp_folder / name}"

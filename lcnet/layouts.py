@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LCNetError
-from .io import GOPRO_LAYOUT, PAIR_SUFFIXES, SHARP_DIR, is_hidden, list_pairs
+from .io import GOPRO_LAYOUT, SHARP_DIR, image_names, list_pairs
 
 __all__ = [
     "HIDE_GT_DIR",
@@ -129,14 +129,6 @@ def detect_layout(root: Path, split: str = "test") -> str:
     return found[0]
 
 
-def _pngs(folder: Path) -> list[str]:
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.suffix.lower() in PAIR_SUFFIXES and not is_hidden(p) and p.is_file()
-    )
-
-
 def _hide_pairs(root: Path) -> list[EvalPair]:
     where = f"--data {root} --layout hide"
     gt_dir = root / HIDE_GT_DIR
@@ -148,7 +140,7 @@ def _hide_pairs(root: Path) -> list[EvalPair]:
         blur_dir = root / HIDE_TEST_DIR / folder
         if not blur_dir.is_dir():
             raise LCNetError(f"{where}: {blur_dir} is not a folder ({HIDE_LAYOUT})")
-        names = _pngs(blur_dir)
+        names = sorted(image_names(blur_dir))
         if not names:
             raise LCNetError(f"{where}: no .png images in {blur_dir}")
         for name in names:

@@ -39,7 +39,7 @@ void forward_logits_row(const Geometry& g, ChannelRows<T>& xs, const HalfWindow&
          h + half.forward[n_valid].a * g.dilation < g.height) {
     ++n_valid;  // `forward` is ordered by a
   }
-  const int64_t padded_w = (g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+  const int64_t padded_w = padded_to_steps<T>(g.width);
   auto group = [&](int64_t f, auto size) {
     constexpr int N = decltype(size)::value;
     T* l[N];

@@ -37,12 +37,18 @@ struct Offset {
 // A row segment [w0, w0 + n) of row h of image b, and its in-image window offsets.
 struct Segment {
   int64_t b = 0, h = 0, w0 = 0, n = 0;
-  int64_t padded_n = 0;  // n rounded up to whole register blocks
+  int64_t padded_n = 0;  // n rounded up to whole steps (kStep)
   // Positions [inner_begin, inner_end) where every offset is valid: blocks inside take the
   // gathers' fast path, without a per-offset test.
   int64_t inner_begin = 0, inner_end = 0;
   std::vector<Offset> offsets;
 };
+
+// n rounded up to whole steps of the row kernels.
+template <typename T>
+inline int64_t padded_to_steps(int64_t n) {
+  return (n + kStep<T> - 1) / kStep<T> * kStep<T>;
+}
 
 struct Geometry {
   int64_t batch, height, width, radius, dilation, tiles;
@@ -63,7 +69,7 @@ struct Geometry {
     s.h = (item / tiles) % height;
     s.w0 = (item % tiles) * kTileWidth;
     s.n = std::min(kTileWidth, width - s.w0);
-    s.padded_n = (s.n + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+    s.padded_n = padded_to_steps<T>(s.n);
     s.offsets.clear();
     int64_t a_lo, a_hi;
     valid_offsets(s.h, height, radius, dilation, a_lo, a_hi);
@@ -129,12 +135,16 @@ inline void dot_rows(T* const (&acc)[N], const T* a, const T* const (&b)[N], int
   }
 }
 
+// One dot product per pixel, p in [0, padded_n) (padded_n a multiple of kStep): whole blocks of
+// eight vectors, then the remaining steps of two.
 template <typename T>
 inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t stride,
                      int64_t padded_n) {
   T* const accs[1] = {acc};
   const T* const bs[1] = {b};
-  dot_rows<1>(accs, a, bs, channels, stride, padded_n);
+  const int64_t blocks = padded_n / kBlock<T> * kBlock<T>;
+  dot_rows<1>(accs, a, bs, channels, stride, blocks);
+  dot_rows<1, 2>(accs, a, bs, channels, stride, padded_n, blocks);
 }
 
 // For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
@@ -375,7 +385,9 @@ struct LogitRing {
         offsets(n_forward),
         margin(ring_margin(g)),
         stride(2 * margin + g.tiles * kTileWidth) {
-    storage = at::empty({rows * offsets * stride}, options);
+    // Zeroed: margins and columns past the row are never written, and the backward's unmasked
+    // gathers read them (as zero pair values).
+    storage = at::zeros({rows * offsets * stride}, options);
     base = storage.mutable_data_ptr<T>();
   }
   // Logit of forward offset f at column x of image row h (x may be off the row by a margin).

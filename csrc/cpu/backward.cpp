@@ -176,8 +176,7 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
   const int64_t cp = x.channels, cc = c.channels, kk = kernel_size * kernel_size;
   const int64_t reach = g.radius * g.dilation;
   const T s = static_cast<T>(scale);
-  // Ranges of at least a few ring lengths, so that warm-up rows stay a small part.
-  const int64_t grain = std::max<int64_t>(1, 4 * reach);
+  const int64_t grain = row_grain(g, kernel_size, cp + cc);
 
   at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
     PairRows<T> pr(g, half, x, dy, c, y, lse_ptr, s, pattern.options());
@@ -185,6 +184,9 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
     Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) *
                          kTileWidth);
     std::vector<const T*> coef_rows(kk), w_rows(kk);
+    std::vector<int64_t> x_delta, dy_delta;  // Source's neighbour distances, per segment
+    x_delta.reserve(kk);
+    dy_delta.reserve(kk);
     Segment seg;
     int64_t computed_b = -1, computed_h = -1;  // last row whose pairs are in the rings
     for (int64_t row = first; row < last; ++row) {
@@ -213,9 +215,10 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
             w_rows[o] = pr.w_ij.at(h + off.rows, f, seg.w0 + off.cols);
           }
         }
-        const Source<T> x_src(cp, pr.xs.pitch, seg, [&](int64_t dr) { return pr.xs.row(h + dr); });
-        const Source<T> dy_src(cc, pr.dys.pitch, seg,
-                               [&](int64_t dr) { return pr.dys.row(h + dr); });
+        const Source<T> x_src(
+            cp, pr.xs.pitch, seg, [&](int64_t dr) { return pr.xs.row(h + dr); }, x_delta);
+        const Source<T> dy_src(
+            cc, pr.dys.pitch, seg, [&](int64_t dr) { return pr.dys.row(h + dr); }, dy_delta);
         gather_into(dx, seg, nhwc_rows.data(), [&](T* o, int64_t stride) {
           gather_rows(o, stride, static_cast<const T* const*>(coef_rows.data()), x_src, seg);
         });

@@ -92,6 +92,19 @@ struct Geometry {
   }
 };
 
+// Multiply-adds a parallel range gets at least (tens of microseconds on one core): a smaller
+// call runs on the calling thread instead of paying a fork and join for a few microseconds of
+// work per thread.
+constexpr int64_t kMinRangeWork = int64_t(1) << 18;
+
+// Image rows per parallel range (at::parallel_for's grain over B·H rows): at least a few ring
+// lengths, so that warm-up rows stay a small part, and at least kMinRangeWork multiply-adds of
+// `channels` per window offset.
+inline int64_t row_grain(const Geometry& g, int64_t kernel_size, int64_t channels) {
+  const int64_t per_row = std::max<int64_t>(1, g.width * kernel_size * kernel_size * channels);
+  return std::max({int64_t(1), 4 * g.radius * g.dilation, kMinRangeWork / per_row});
+}
+
 // Per-thread scratch rows, aligned to cache lines (unaligned 32-byte loads that straddle two
 // lines cost twice).
 template <typename T>
@@ -230,19 +243,23 @@ void gather_channels(T* const (&out)[N], const T* const* coef, const T* const (&
 // Where gather_rows reads: channel 0 of the segment start, the distance between channels, and
 // the distance to each window offset's neighbour. row_of(dr) is channel 0, column 0 of image
 // row s.h + dr in the operand's storage (the caller's NCHW tensor, an operand copy or a ring of
-// rows); the channel rows of one image row lie channel_stride apart.
+// rows); the channel rows of one image row lie channel_stride apart. The distances go into the
+// caller's `storage`, reused from segment to segment (no allocation per segment).
 template <typename T>
 struct Source {
   const T* row;
   int64_t channels;
   int64_t channel_stride;
-  std::vector<int64_t> delta;
+  const int64_t* delta;
 
   template <typename RowOf>
-  Source(int64_t channels_, int64_t channel_stride_, const Segment& s, RowOf&& row_of)
+  Source(int64_t channels_, int64_t channel_stride_, const Segment& s, RowOf&& row_of,
+         std::vector<int64_t>& storage)
       : row(row_of(0) + s.w0), channels(channels_), channel_stride(channel_stride_) {
     const T* origin = row_of(0);
-    for (const Offset& off : s.offsets) delta.push_back(row_of(off.rows) - origin + off.cols);
+    storage.clear();
+    for (const Offset& off : s.offsets) storage.push_back(row_of(off.rows) - origin + off.cols);
+    delta = storage.data();
   }
 };
 
@@ -254,7 +271,7 @@ void gather_rows(T* out, int64_t out_stride, const T* const* coef, const Source<
                  const T* row_scale = nullptr) {
   constexpr int64_t V = 2;
   const T* row = src.row;
-  const int64_t* delta = src.delta.data();
+  const int64_t* delta = src.delta;
   auto group = [&](int64_t ch, auto size) {
     constexpr int N = decltype(size)::value;
     T* outs[N];

@@ -31,6 +31,14 @@ drifts over seconds then biases no implementation against another. Steps slower 
 before; CPU -- the allocation and free events of ``torch.profiler`` (``profile_memory=True``)
 summed in time order, whose running maximum is the peak.
 
+Roofline: every timed row also reports its useful GFLOP/s (forward, forward + backward) and
+their percentage of the sgemm rate measured in the same process (a square float32 ``torch.mm``
+of ``SGEMM_SIZE``, at the same thread count, before and after the shapes; the higher is the
+reference). Useful flops count 2 per multiply-add of the direct algorithm over the in-image
+window offsets n, without the pair symmetry the CPU kernels exploit: forward 2n(Cp+Cc) (logits,
+weighted sum), backward 2n(2Cp+2Cc) + 2·B·H·W·Cc (logits again, <dy_i, c_j>, the dx and dc
+gathers, D_i = <dy_i, y_i>); the softmax (max, exp, sums, log) is not counted.
+
 Usage::
 
     python benchmarks/bench_lcblock.py                      # default shapes of the device
@@ -217,6 +225,11 @@ class Row:
     speedup_fwd_vs_shifted: float | None = None
     speedup_fwd_bwd_vs_shifted: float | None = None
     memory_vs_unfold: float | None = None
+    # Roofline (fill_roofline): useful GFLOP/s and its share of the same process's sgemm rate.
+    gflops_fwd: float | None = None
+    gflops_fwd_bwd: float | None = None
+    sgemm_pct_fwd: float | None = None
+    sgemm_pct_fwd_bwd: float | None = None
     max_abs_diff_vs_unfold: float | None = None
     fwd_ms_rounds: list[float] = field(default_factory=list)
     fwd_bwd_ms_rounds: list[float] = field(default_factory=list)
@@ -554,6 +567,104 @@ def _fill_differences(
 
 
 # ---------------------------------------------------------------------------------------------
+# Roofline: useful flops of a step against the sgemm rate measured in the same process
+
+
+SGEMM_SIZE = 1024  # square float32 torch.mm, (2·n³ flops)
+GIGA = 1e9
+FLOP_COUNT_RULE = (
+    "useful flops: 2 per multiply-add of the direct algorithm over the in-image window offsets "
+    "n (no pair symmetry): fwd 2n(Cp+Cc) (logits, weighted sum); bwd 2n(2Cp+2Cc) + 2·BHW·Cc "
+    "(logits again, <dy_i,c_j>, dx and dc gathers, D_i = <dy_i,y_i>); softmax, exp and "
+    "log not counted"
+)
+
+
+def _valid_offsets_per_axis(size: int, radius: int, dilation: int) -> int:
+    """Σ over positions of an axis of the window offsets that land inside it."""
+    return sum(
+        sum(1 for a in range(-radius, radius + 1) if 0 <= pos + a * dilation < size)
+        for pos in range(size)
+    )
+
+
+def useful_flops(shape: Shape) -> tuple[int, int]:
+    """(forward, forward + backward) useful flops of ``shape`` (:data:`FLOP_COUNT_RULE`)."""
+    radius = shape.kernel_size // 2
+    pairs = (
+        shape.batch
+        * _valid_offsets_per_axis(shape.height, radius, shape.dilation)
+        * _valid_offsets_per_axis(shape.width, radius, shape.dilation)
+    )
+    cp, cc = shape.pattern_channels, shape.content_channels
+    forward = 2 * pairs * (cp + cc)
+    backward = 2 * pairs * (2 * cp + 2 * cc) + 2 * shape.batch * shape.height * shape.width * cc
+    return forward, forward + backward
+
+
+def sgemm_gflops(
+    device: torch.device,
+    min_run_time: float,
+    repeats: int,
+    size: int = SGEMM_SIZE,
+) -> float:
+    """GFLOP/s of a square float32 ``torch.mm`` at the process's thread count on ``device``."""
+    generator = torch.Generator().manual_seed(SEED)
+    a = torch.randn((size, size), generator=generator).to(device)
+    b = torch.randn((size, size), generator=generator).to(device)
+    ms = time_ms(lambda: torch.mm(a, b), device, min_run_time, repeats)
+    return 2 * size**3 / (ms / MS_PER_S) / GIGA
+
+
+def fill_roofline(rows: Sequence[Row], sgemm: float | None) -> None:
+    """Fill each timed row's useful GFLOP/s and, given the sgemm rate, its percentage of it."""
+    for row in rows:
+        shape = Shape(
+            row.batch,
+            row.pattern_channels,
+            row.content_channels,
+            row.height,
+            row.width,
+            row.kernel_size,
+            row.dilation,
+        )
+        flops = useful_flops(shape)
+        for suffix, ms, count in (
+            ("fwd", row.fwd_ms, flops[0]),
+            ("fwd_bwd", row.fwd_bwd_ms, flops[1]),
+        ):
+            if ms is None or ms <= 0:
+                continue
+            rate = count / (ms / MS_PER_S) / GIGA
+            setattr(row, f"gflops_{suffix}", rate)
+            if sgemm is not None and sgemm > 0:
+                setattr(row, f"sgemm_pct_{suffix}", 100.0 * rate / sgemm)
+
+
+def roofline_cells(row: Row, missing: str) -> str:
+    """The report's "GFLOP/s" and "% of sgemm" cells (fwd / fwd+bwd) of ``row``."""
+    gflops = f"{_fmt(row.gflops_fwd, '.1f', missing)} / {_fmt(row.gflops_fwd_bwd, '.1f', missing)}"
+    share = (
+        f"{_fmt(row.sgemm_pct_fwd, '.0f', '–', '%')} / "
+        f"{_fmt(row.sgemm_pct_fwd_bwd, '.0f', '–', '%')}"
+    )
+    return f"| {gflops} | {share} "
+
+
+def roofline_header(env: dict[str, object]) -> list[str]:
+    """The report's line on the sgemm reference and the flop count (none if not measured)."""
+    rates = env.get("sgemm_gflops")
+    if not rates:
+        return []
+    text = ", ".join(f"{rate:.1f}" for rate in rates)  # type: ignore[attr-defined]
+    return [
+        f"- roofline: sgemm (torch.mm, {env['sgemm_size']}² float32, {env['threads']} threads, "
+        f"before / after the shapes) {text} GFLOP/s; % of sgemm uses the higher; "
+        f"{FLOP_COUNT_RULE}"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
 # Environment and output
 
 
@@ -605,10 +716,12 @@ def format_report(env: dict[str, object], rows: Sequence[Row]) -> str:
         f"- time: {env['timing_method']}; median of {env['rounds']} interleaved round(s); "
         "fwd runs under torch.no_grad, fwd+bwd computes the gradients of pattern and content",
         f"- peak: memory added by one step ({env['memory_method']})",
+        *roofline_header(env),
         "",
         "| shape | impl | fwd ms | fwd+bwd ms | peak MiB (fwd) | peak MiB (fwd+bwd) "
-        "| speed-up vs shifted (fwd / fwd+bwd) | memory vs unfold |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| speed-up vs shifted (fwd / fwd+bwd) | memory vs unfold "
+        "| GFLOP/s (fwd / fwd+bwd) | % of sgemm (fwd / fwd+bwd) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     footnotes: dict[str, int] = {}
 
@@ -629,7 +742,8 @@ def format_report(env: dict[str, object], rows: Sequence[Row]) -> str:
             f"| {_fmt(row.fwd_ms, '.2f', missing)} "
             f"| {_fmt(row.fwd_bwd_ms, '.2f', missing)} | {_fmt(row.peak_fwd_mib, '.2f', missing)} "
             f"| {_fmt(row.peak_fwd_bwd_mib, '.2f', missing)} | {speedup} "
-            f"| {_fmt(row.memory_vs_unfold, '.3f', '–', '×')} |"
+            f"| {_fmt(row.memory_vs_unfold, '.3f', '–', '×')} "
+            f"{roofline_cells(row, missing)}|"
         )
     if footnotes:
         lines.append("")
@@ -775,6 +889,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, FLEX_RECOMPILE_LIMIT)
 
     rows: list[Row] = []
+    sgemm = [sgemm_gflops(device, min_run_time, repeats)]
     # A discarded pass over the first shape: even after per-measurement warm-up, the first
     # measurement of a process was seen up to 2x slow (thread pools, allocator, CPU clocks).
     run_shape(shapes[0], args.impl[:1], device, dtype, min_run_time, 1, check_outputs=False)
@@ -790,7 +905,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             rounds=rounds,
             memory_formats=args.memory_format,
         )
+    sgemm.append(sgemm_gflops(device, min_run_time, repeats))
+    fill_roofline(rows, max(sgemm))
     env = environment(device, dtype, rounds)
+    env.update(sgemm_gflops=sgemm, sgemm_size=SGEMM_SIZE)
     print(format_report(env, rows))
     if args.json is not None:
         payload = {"environment": env, "rows": [asdict(row) for row in rows]}

@@ -265,6 +265,28 @@ def test_non_finite_values_outside_the_window_do_not_leak():
     assert torch.isfinite(y[0, 0, 2, 0]) and torch.isfinite(y[0, 0, 3, :60]).all()
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("width", [12, 24, 70])
+def test_non_finite_values_do_not_leak_into_far_gradients(width, k, layout):
+    """The backward gathers take their unmasked path everywhere (pair values are zero outside
+    the image): an inf at a row's first and last pixel must still not reach the gradient of any
+    pixel more than 2r away, which neither its window nor its neighbours' windows contain."""
+    x, c = make_inputs(1, 4, 3, 7, width, layout=layout)
+    for t in (x, c):
+        t[0, :, 1, 0] = float("inf")
+        t[0, :, 1, width - 1] = float("inf")
+    x.requires_grad_()
+    c.requires_grad_()
+    local_correlation(x, c, k).sum().backward()
+    r = k // 2
+    far_rows = slice(1 + 2 * r + 1, None)
+    far_cols = slice(2 * r + 1, width - 2 * r - 1)
+    for name, grad in (("pattern", x.grad), ("content", c.grad)):
+        assert torch.isfinite(grad[0, :, far_rows]).all(), name
+        assert torch.isfinite(grad[0, :, :, far_cols]).all(), name
+
+
 # ---- autograd, opcheck, compile, determinism ----------------------------------------------
 
 

@@ -64,3 +64,49 @@ def test_rows_of_both_layouts_in_one_run() -> None:
     assert "| 1x8x10x12k3 channels_last | fused |" in report
     assert "| 1x8x10x12k3 contiguous | shifted |" in report
     assert "- fused (channels_last):" in report
+
+
+def test_useful_flops_count_the_in_image_window_offsets() -> None:
+    # 3x3 image, k5: every pixel sees all 9 pixels; fwd 2·(1·9·9)·(Cp + Cc), bwd twice the
+    # per-offset work plus D_i (2·H·W·Cc).
+    assert bench_lcblock.useful_flops(bench_lcblock.Shape(1, 2, 2, 3, 3, 5)) == (648, 648 + 1332)
+    # 1x4 row, k3: offsets in the image per column 2, 3, 3, 2; per row 1.
+    fwd, fwd_bwd = bench_lcblock.useful_flops(bench_lcblock.Shape(1, 1, 3, 1, 4, 3))
+    assert fwd == 2 * 10 * (1 + 3)
+    assert fwd_bwd == fwd + 2 * 10 * (2 + 6) + 2 * 4 * 3
+
+
+def test_roofline_columns_appear_and_are_positive() -> None:
+    rows = bench_lcblock.run_shape(
+        bench_lcblock.Shape(1, 8, 8, 10, 12, 3),
+        ["fused", "shifted"],
+        torch.device("cpu"),
+        torch.float32,
+        min_run_time=0.01,
+        repeats=1,
+        check_outputs=False,
+        memory_formats=["contiguous", "channels_last"],
+    )
+    sgemm = bench_lcblock.sgemm_gflops(torch.device("cpu"), 0.01, 1, size=64)
+    assert sgemm > 0
+    bench_lcblock.fill_roofline(rows, sgemm)
+    env = bench_lcblock.environment(torch.device("cpu"), torch.float32)
+    env.update(sgemm_gflops=[sgemm], sgemm_size=64)
+    report = bench_lcblock.format_report(env, rows)
+    header = next(line for line in report.splitlines() if line.startswith("| shape"))
+    assert header.endswith("| GFLOP/s (fwd / fwd+bwd) | % of sgemm (fwd / fwd+bwd) |")
+    assert "- roofline: sgemm (torch.mm, 64² float32" in report
+    for row in rows:
+        for value in (row.gflops_fwd, row.gflops_fwd_bwd, row.sgemm_pct_fwd, row.sgemm_pct_fwd_bwd):
+            assert value is not None and value > 0
+        line = next(
+            line
+            for line in report.splitlines()
+            if line.startswith(f"| {row.shape} {row.memory_format} | {row.impl}")
+        )
+        gflops, share = (cell.strip() for cell in line.strip("|").split("|")[-2:])
+        assert [float(v) for v in gflops.split(" / ")] == [
+            float(f"{row.gflops_fwd:.1f}"),
+            float(f"{row.gflops_fwd_bwd:.1f}"),
+        ]
+        assert all(float(v.rstrip("%")) >= 0 for v in share.split(" / "))

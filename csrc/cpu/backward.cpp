@@ -52,7 +52,7 @@ struct PairRows {
       : g(g_),
         half(half_),
         reach(g_.radius * g_.dilation),
-        padded_w((g_.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>),
+        padded_w(padded_to_steps<T>(g_.width)),
         xs(x, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
         dys(dy, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
         cs(c, reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
@@ -112,6 +112,7 @@ struct PairRows {
       const T* dyj[N];
       const T* lj[N];
       const T* dj[N];
+      int64_t lo[N], hi[N];  // pixels i of the row whose neighbour i + δ is in the image
       for (int k = 0; k < N; ++k) {
         const HalfWindow::Forward& off = half.forward[f + k];
         const int64_t row = h + off.a * g.dilation, col = off.b * g.dilation;
@@ -123,6 +124,8 @@ struct PairRows {
         dyj[k] = dys.row(row) + col;
         lj[k] = ls.at(row, 0, col);
         dj[k] = ds.at(row, 0, col);
+        lo[k] = std::max<int64_t>(0, -col);
+        hi[k] = std::min(g.width, g.width - col);
       }
       for (int64_t p0 = 0; p0 < padded_w; p0 += B) {
         dot_rows<N, V>(lg, xi, xj, cp, pitch, p0 + B, p0, s);  // the logit, scaled
@@ -134,8 +137,16 @@ struct PairRows {
             const Vec<T> l = load(lg[k] + p);
             const Vec<T> wi = exp_vec(l - load(li + p));
             const Vec<T> wj = exp_vec(l - load(lj[k] + p));
-            const Vec<T> c =
+            Vec<T> c =
                 s * (wi * (load(qa[k] + p) - load(di + p)) + wj * (load(qb[k] + p) - load(dj[k] + p)));
+            if (p < lo[k] || p + L > hi[k]) {  // zero where i or i + δ is outside the image
+              const auto inside = lane_mask<T>(lo[k] - p, hi[k] - p);
+              const Vec<T> zero = {};
+              store(lg[k] + p, inside ? wi : zero);
+              store(qa[k] + p, inside ? c : zero);
+              store(qb[k] + p, inside ? wj : zero);
+              continue;
+            }
             store(lg[k] + p, wi);
             store(qa[k] + p, c);
             store(qb[k] + p, wj);
@@ -165,8 +176,7 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
   const int64_t cp = x.channels, cc = c.channels, kk = kernel_size * kernel_size;
   const int64_t reach = g.radius * g.dilation;
   const T s = static_cast<T>(scale);
-  // Ranges of at least a few ring lengths, so that warm-up rows stay a small part.
-  const int64_t grain = std::max<int64_t>(1, 4 * reach);
+  const int64_t grain = row_grain(g, kernel_size, cp + cc);
 
   at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
     PairRows<T> pr(g, half, x, dy, c, y, lse_ptr, s, pattern.options());
@@ -174,6 +184,9 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
     Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) *
                          kTileWidth);
     std::vector<const T*> coef_rows(kk), w_rows(kk);
+    std::vector<int64_t> x_delta, dy_delta;  // Source's neighbour distances, per segment
+    x_delta.reserve(kk);
+    dy_delta.reserve(kk);
     Segment seg;
     int64_t computed_b = -1, computed_h = -1;  // last row whose pairs are in the rings
     for (int64_t row = first; row < last; ++row) {
@@ -184,6 +197,12 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
       computed_h = h;
       for (int64_t tile = 0; tile < g.tiles; ++tile) {
         g.segment<T>((b * g.height + h) * g.tiles + tile, seg);
+        // Every block takes the gathers' unmasked path: the pair values are zero wherever a
+        // pixel or its neighbour is outside the image (pairs_row; the rings' margins are zero),
+        // and the operands are read from row copies whose margins are zero, so what the masks
+        // would drop adds exact zeros (the sums, started at +0, are bitwise unchanged).
+        seg.inner_begin = 0;
+        seg.inner_end = seg.padded_n;
         for (size_t o = 0; o < seg.offsets.size(); ++o) {
           const Offset& off = seg.offsets[o];
           const int64_t a = off.rows / g.dilation, bo = off.cols / g.dilation;
@@ -196,9 +215,10 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
             w_rows[o] = pr.w_ij.at(h + off.rows, f, seg.w0 + off.cols);
           }
         }
-        const Source<T> x_src(cp, pr.xs.pitch, seg, [&](int64_t dr) { return pr.xs.row(h + dr); });
-        const Source<T> dy_src(cc, pr.dys.pitch, seg,
-                               [&](int64_t dr) { return pr.dys.row(h + dr); });
+        const Source<T> x_src(
+            cp, pr.xs.pitch, seg, [&](int64_t dr) { return pr.xs.row(h + dr); }, x_delta);
+        const Source<T> dy_src(
+            cc, pr.dys.pitch, seg, [&](int64_t dr) { return pr.dys.row(h + dr); }, dy_delta);
         gather_into(dx, seg, nhwc_rows.data(), [&](T* o, int64_t stride) {
           gather_rows(o, stride, static_cast<const T* const*>(coef_rows.data()), x_src, seg);
         });

@@ -39,7 +39,7 @@ void forward_logits_row(const Geometry& g, ChannelRows<T>& xs, const HalfWindow&
          h + half.forward[n_valid].a * g.dilation < g.height) {
     ++n_valid;  // `forward` is ordered by a
   }
-  const int64_t padded_w = (g.width + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+  const int64_t padded_w = padded_to_steps<T>(g.width);
   auto group = [&](int64_t f, auto size) {
     constexpr int N = decltype(size)::value;
     T* l[N];
@@ -283,8 +283,7 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
   T* lse_ptr = lse.mutable_data_ptr<T>();
   const T s = static_cast<T>(scale);
   const int64_t reach = g.radius * g.dilation;
-  // Ranges of at least a few ring lengths, so that warm-up rows stay a small part.
-  const int64_t grain = std::max<int64_t>(1, 4 * reach);
+  const int64_t grain = row_grain(g, kernel_size, xs_src.channels + cc);
   const bool channels_last = use_channels_last<T>(cc);
   const int64_t cpad = padded_channels<T>(cc);
   // The channels-last gather writes an NHWC output in place when no channel is padding.
@@ -296,6 +295,8 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
     Scratch<T> weights(kk * kTileWidth), inv_sum(kTileWidth);
     std::vector<const T*> logit(kk);
     std::vector<T*> weight_row(kk);  // where the softmax writes the weights of offset o
+    std::vector<int64_t> delta;      // the pixel-row gather's neighbour distances (Source)
+    delta.reserve(kk);
     // The channels-last gather reads the weights by window offset, row (a + r)·k + b + r.
     std::optional<ContentRows<T>> content_rows;
     std::optional<ChannelRows<T>> content_planes;  // NHWC content, gathered by pixel rows
@@ -367,9 +368,11 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
         } else {
           const Source<T> src =
               content_planes
-                  ? Source<T>(cc, content_planes->pitch, seg,
-                              [&](int64_t dr) { return content_planes->row(h + dr); })
-                  : Source<T>(cc, plane, seg, [&](int64_t dr) { return cs.at(b, h + dr, 0); });
+                  ? Source<T>(
+                        cc, content_planes->pitch, seg,
+                        [&](int64_t dr) { return content_planes->row(h + dr); }, delta)
+                  : Source<T>(
+                        cc, plane, seg, [&](int64_t dr) { return cs.at(b, h + dr, 0); }, delta);
           gather_into(ys, seg, out_t ? out_t->data() : nullptr, [&](T* o, int64_t stride) {
             gather_rows(o, stride, const_cast<const T* const*>(weight_row.data()), src, seg,
                         static_cast<const T*>(inv_sum.data()));

@@ -37,12 +37,18 @@ struct Offset {
 // A row segment [w0, w0 + n) of row h of image b, and its in-image window offsets.
 struct Segment {
   int64_t b = 0, h = 0, w0 = 0, n = 0;
-  int64_t padded_n = 0;  // n rounded up to whole register blocks
+  int64_t padded_n = 0;  // n rounded up to whole steps (kStep)
   // Positions [inner_begin, inner_end) where every offset is valid: blocks inside take the
   // gathers' fast path, without a per-offset test.
   int64_t inner_begin = 0, inner_end = 0;
   std::vector<Offset> offsets;
 };
+
+// n rounded up to whole steps of the row kernels.
+template <typename T>
+inline int64_t padded_to_steps(int64_t n) {
+  return (n + kStep<T> - 1) / kStep<T> * kStep<T>;
+}
 
 struct Geometry {
   int64_t batch, height, width, radius, dilation, tiles;
@@ -63,7 +69,7 @@ struct Geometry {
     s.h = (item / tiles) % height;
     s.w0 = (item % tiles) * kTileWidth;
     s.n = std::min(kTileWidth, width - s.w0);
-    s.padded_n = (s.n + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
+    s.padded_n = padded_to_steps<T>(s.n);
     s.offsets.clear();
     int64_t a_lo, a_hi;
     valid_offsets(s.h, height, radius, dilation, a_lo, a_hi);
@@ -85,6 +91,19 @@ struct Geometry {
     }
   }
 };
+
+// Multiply-adds a parallel range gets at least (tens of microseconds on one core): a smaller
+// call runs on the calling thread instead of paying a fork and join for a few microseconds of
+// work per thread.
+constexpr int64_t kMinRangeWork = int64_t(1) << 18;
+
+// Image rows per parallel range (at::parallel_for's grain over B·H rows): at least a few ring
+// lengths, so that warm-up rows stay a small part, and at least kMinRangeWork multiply-adds of
+// `channels` per window offset.
+inline int64_t row_grain(const Geometry& g, int64_t kernel_size, int64_t channels) {
+  const int64_t per_row = std::max<int64_t>(1, g.width * kernel_size * kernel_size * channels);
+  return std::max({int64_t(1), 4 * g.radius * g.dilation, kMinRangeWork / per_row});
+}
 
 // Per-thread scratch rows, aligned to cache lines (unaligned 32-byte loads that straddle two
 // lines cost twice).
@@ -129,12 +148,16 @@ inline void dot_rows(T* const (&acc)[N], const T* a, const T* const (&b)[N], int
   }
 }
 
+// One dot product per pixel, p in [0, padded_n) (padded_n a multiple of kStep): whole blocks of
+// eight vectors, then the remaining steps of two.
 template <typename T>
 inline void dot_rows(T* acc, const T* a, const T* b, int64_t channels, int64_t stride,
                      int64_t padded_n) {
   T* const accs[1] = {acc};
   const T* const bs[1] = {b};
-  dot_rows<1>(accs, a, bs, channels, stride, padded_n);
+  const int64_t blocks = padded_n / kBlock<T> * kBlock<T>;
+  dot_rows<1>(accs, a, bs, channels, stride, blocks);
+  dot_rows<1, 2>(accs, a, bs, channels, stride, padded_n, blocks);
 }
 
 // For N channels ch of src: out[ch][p] = Σ_o coef[o][p] · src[ch][p + delta_o] over the offsets
@@ -220,19 +243,23 @@ void gather_channels(T* const (&out)[N], const T* const* coef, const T* const (&
 // Where gather_rows reads: channel 0 of the segment start, the distance between channels, and
 // the distance to each window offset's neighbour. row_of(dr) is channel 0, column 0 of image
 // row s.h + dr in the operand's storage (the caller's NCHW tensor, an operand copy or a ring of
-// rows); the channel rows of one image row lie channel_stride apart.
+// rows); the channel rows of one image row lie channel_stride apart. The distances go into the
+// caller's `storage`, reused from segment to segment (no allocation per segment).
 template <typename T>
 struct Source {
   const T* row;
   int64_t channels;
   int64_t channel_stride;
-  std::vector<int64_t> delta;
+  const int64_t* delta;
 
   template <typename RowOf>
-  Source(int64_t channels_, int64_t channel_stride_, const Segment& s, RowOf&& row_of)
+  Source(int64_t channels_, int64_t channel_stride_, const Segment& s, RowOf&& row_of,
+         std::vector<int64_t>& storage)
       : row(row_of(0) + s.w0), channels(channels_), channel_stride(channel_stride_) {
     const T* origin = row_of(0);
-    for (const Offset& off : s.offsets) delta.push_back(row_of(off.rows) - origin + off.cols);
+    storage.clear();
+    for (const Offset& off : s.offsets) storage.push_back(row_of(off.rows) - origin + off.cols);
+    delta = storage.data();
   }
 };
 
@@ -244,7 +271,7 @@ void gather_rows(T* out, int64_t out_stride, const T* const* coef, const Source<
                  const T* row_scale = nullptr) {
   constexpr int64_t V = 2;
   const T* row = src.row;
-  const int64_t* delta = src.delta.data();
+  const int64_t* delta = src.delta;
   auto group = [&](int64_t ch, auto size) {
     constexpr int N = decltype(size)::value;
     T* outs[N];
@@ -375,7 +402,9 @@ struct LogitRing {
         offsets(n_forward),
         margin(ring_margin(g)),
         stride(2 * margin + g.tiles * kTileWidth) {
-    storage = at::empty({rows * offsets * stride}, options);
+    // Zeroed: margins and columns past the row are never written, and the backward's unmasked
+    // gathers read them (as zero pair values).
+    storage = at::zeros({rows * offsets * stride}, options);
     base = storage.mutable_data_ptr<T>();
   }
   // Logit of forward offset f at column x of image row h (x may be off the row by a margin).

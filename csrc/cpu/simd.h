@@ -33,6 +33,11 @@ constexpr int64_t kLanes = Simd<T>::kLanes;
 constexpr int64_t kVectorsPerBlock = 8;
 template <typename T>
 constexpr int64_t kBlock = kVectorsPerBlock * kLanes<T>;
+// Pixels per step of the row kernels (logits, pair products, softmax, gathers): two vectors.
+// Rows are padded to whole steps only, so that narrow maps (LCNet's 12- and 24-pixel rows) do not
+// compute a whole block of padding.
+template <typename T>
+constexpr int64_t kStep = 2 * kLanes<T>;
 
 template <typename T>
 inline Vec<T> load(const T* p) {

@@ -216,13 +216,12 @@ def copy_tree(root: Path, work: Path) -> None:
     for rel in tree_files(root):
         dst = work / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, dst)
+        shutil.copy(root / rel, dst)  # fresh mtimes: the copy is newer than old builds
 
 
 def apply(defect: Defect, work: Path, pristine: dict[str, str]) -> None:
-    for path, text in pristine.items():
-        if (work / path).read_text() != text:
-            (work / path).write_text(text)
+    for path, text in pristine.items():  # always rewritten: a fresh mtime makes ninja rebuild
+        (work / path).write_text(text)
     edited: dict[str, str] = {}
     for path, old, new in defect.edits:
         text = edited.get(path, pristine[path])

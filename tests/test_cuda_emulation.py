@@ -626,3 +626,45 @@ def test_cuda_backward_is_bitwise_deterministic():
     second = run_ops(x, c, dy, 7, 1, 1.0, *ops)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize(
+    ("cp", "cc", "dtype", "layout", "k", "d"), NON_FINITE_CASES, ids=lambda v: str(v).split(".")[-1]
+)
+def test_cuda_non_finite_values_outside_a_window_never_reach_its_outputs(
+    cp, cc, dtype, layout, k, d
+):
+    check_non_finite_outside_windows(cp, cc, dtype, layout, k, d, "cuda")
+
+
+GPU_VS_EMULATION = {  # (atol, rtol): the same float32 sums; exp and FMA may differ by an ulp
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["f16", "bf16", "f32"]
+)
+@pytest.mark.parametrize(("cp", "cc"), [(16, 24), (24, 16)])
+def test_cuda_nhwc_vector_unpack_matches_reference_and_emulation(cp, cc, dtype):
+    # NHWC with 16 and 24 channels: the GPU's 16-byte __ldg fetch and the unpack, against the
+    # reference, the emulator (memcpy fetch, same unpack) and the GPU's own scalar staging.
+    x, c, dy = make(1, cp, cc, 12, 40, dtype, "nhwc")
+    on_gpu = check(x, c, dy, 5, 1, 0.4, device="cuda")
+    emulated = run_ops(x, c, dy, 5, 1, 0.4, OPS._tiled_forward, OPS._tiled_backward)
+    nchw = [t.contiguous() for t in (x, c, dy)]
+    scalar = check(*nchw, 5, 1, 0.4, device="cuda")
+    atol, rtol = GPU_VS_EMULATION[dtype]
+    names = ("out", "lse", "grad_pattern", "grad_content")
+    for name, g, e, sc in zip(names, on_gpu, emulated, scalar, strict=True):
+        msg = lambda m, n=name: f"{n}: {m}"  # noqa: E731
+        torch.testing.assert_close(g.cpu().float(), e.float(), atol=atol, rtol=rtol, msg=msg)
+        torch.testing.assert_close(
+            g.contiguous().float(), sc.contiguous().float(), atol=atol, rtol=rtol, msg=msg
+        )

@@ -3,6 +3,7 @@
     python scripts/inject_cuda_defects.py                    # every defect, the default tests
     python scripts/inject_cuda_defects.py --list             # the defects and what they break
     python scripts/inject_cuda_defects.py --defect clamped_halo_scalar --defect plane_pad_old
+    python scripts/inject_cuda_defects.py --defect missing_barrier_stage_compute+race_model_off
     python scripts/inject_cuda_defects.py --tests tests/test_cuda_emulation.py --out FILE.json
 
 Each defect is a minimal edit of csrc/tiled/tiled_kernels.h, the block code that the CUDA
@@ -11,8 +12,10 @@ the script fails loudly when the code it breaks has moved). The working tree (tr
 untracked ones git does not ignore) is copied once into a work folder; for every defect the
 pristine files are restored, the defect applied, the CPU-only extension rebuilt in place there
 (LCBLOCK_CUDA=0; only tiled_emulation.cpp recompiles after the first build) and pytest run.
-"none" is the baseline, which must fail nothing. The repository itself is never modified.
-docs/cuda.md, "Deliberate defects", has the table this prints.
+"none" is the baseline, which must fail nothing. By default every defect of the block code
+runs; the emulator switches (race_model_off, poison_off, ascending_only) only when named, in a
+combination "DEFECT+SWITCH", to show which feature of the emulator catches a defect. The
+repository itself is never modified. docs/cuda.md, "Deliberate defects", has the table this prints.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = "csrc/tiled/tiled_kernels.h"
+EMULATOR = "csrc/cpu/tiled_emulation.cpp"
 DEFAULT_TESTS = ("tests/test_cuda_emulation.py",)
 
 
@@ -199,6 +203,41 @@ DEFECTS = (
         "shared plane padded by 1 slot (513 = 1 mod 32), the padding before issue 15",
         ((KERNELS, "constexpr int kPlanePad = 12;", "constexpr int kPlanePad = 1;"),),
     ),
+    # Switches of the emulator itself, to combine with a defect ("A+B"): they show which of
+    # the emulator's features catches it.
+    Defect(
+        "race_model_off",
+        "emulator: no read/write race check (a slot written and read by two threads in one "
+        "phase passes)",
+        (
+            (
+                EMULATOR,
+                "  const int reader = tr->reader[index];\n",
+                "  const int reader = kNone;\n",
+            ),
+            (
+                EMULATOR,
+                "  const int writer = tr->writer[index];\n",
+                "  const int writer = kNone;\n",
+            ),
+        ),
+    ),
+    Defect(
+        "poison_off",
+        "emulator: per-thread state zero-initialised instead of 0xFF",
+        ((EMULATOR, "st.data()), 0xFF, sizeof(State)", "st.data()), 0x00, sizeof(State)"),),
+    ),
+    Defect(
+        "ascending_only",
+        "emulator: threads always run in ascending order",
+        (
+            (
+                EMULATOR,
+                "    int mode = g_thread_order.load(std::memory_order_relaxed);\n",
+                "    int mode = 0;\n",
+            ),
+        ),
+    ),
 )
 
 
@@ -261,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in DEFECTS:
             print(f"{d.name:32s} {d.what}")
         return 0
-    names = args.defect or [d.name for d in DEFECTS]
-    unknown = [n for n in names if n not in by_name]
+    names = args.defect or [d.name for d in DEFECTS if not d.edits or d.edits[0][0] == KERNELS]
+    unknown = [p for n in names for p in n.split("+") if p not in by_name]
     if unknown:
         parser.error(f"--defect: unknown {unknown}; choose from {sorted(by_name)}")
     tests = args.tests or list(DEFAULT_TESTS)
@@ -273,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     pristine = {p: (ROOT / p).read_text() for p in paths}
     results = []
     for name in names:
-        defect = by_name[name]
+        parts = [by_name[p] for p in name.split("+")]
+        defect = Defect(name, "; ".join(p.what for p in parts), sum((p.edits for p in parts), ()))
         apply(defect, work, pristine)
         log = work / f"defect_{name}.log"
         log.write_text("")

@@ -569,15 +569,43 @@ def test_cuda_gradcheck_empty_and_determinism():
 
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_runs_on_the_current_stream_and_large_logits():
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_cuda_kernels_run_on_the_current_stream(direction):
+    """A side stream is kept busy (torch.cuda._sleep), then writes the op's inputs into
+    NaN-filled buffers and runs the op, all inside `torch.cuda.stream(side)`. Kernels launched
+    on the current stream (side) run after those writes. Kernels launched on any other stream
+    (say the default one, idle here) would start at once, while side still sleeps, read the
+    NaN and fail the comparison. The outcome does not depend on timing when the launch is
+    right: the stream orders it. Large logits (x * 25) also check the online softmax."""
     x, c = make_inputs(1, 8, 3, 20, 21, device="cuda")
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        y = local_correlation(x * 25.0, c, 5)
-    stream.synchronize()
-    want = reference.local_correlation(x * 25.0, c, 5)
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y, want)
+    x = x * 25.0
+    k, d, s = 5, 1, 1.0
+    y, lse = OPS.local_correlation_forward(x, c, k, d, s)
+    grad = torch.randn_like(y)
+    want = (
+        (y, lse)
+        if direction == "forward"
+        else OPS.local_correlation_backward(grad, x, c, y, lse, k, d, s)
+    )
+    sources = (x, c) if direction == "forward" else (grad, x, c, y, lse)
+    buffers = [torch.full_like(t, float("nan")) for t in sources]
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on the side stream
+        for buf, src in zip(buffers, sources, strict=True):
+            buf.copy_(src)
+        if direction == "forward":
+            got = OPS.local_correlation_forward(*buffers, k, d, s)
+        else:
+            got = OPS.local_correlation_backward(*buffers, k, d, s)
+    side.synchronize()
+    torch.cuda.synchronize()
+    for a, e in zip(got, want, strict=True):
+        assert torch.isfinite(a).all(), f"{direction}: ran before its inputs were written"
+        torch.testing.assert_close(a, e)
+    if direction == "forward":
+        torch.testing.assert_close(got[0], reference.local_correlation(x, c, k))
 
 
 @pytest.mark.cuda

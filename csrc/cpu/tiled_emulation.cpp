@@ -12,10 +12,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../tiled/tiled_host.h"
@@ -29,33 +31,90 @@ namespace tiled {
 enum class ThreadOrder : int { kAscending = 0, kReversed = 1, kShuffled = 2, kMixed = 3 };
 static std::atomic<int> g_thread_order{static_cast<int>(ThreadOrder::kMixed)};
 
-// Per block: which thread wrote each shared slot in the current phase (-1: none yet), and,
-// for the bank model of the tests, optionally every store as (phase, thread, slot).
+// Per block: which thread wrote and which thread(s) read each shared slot in the current phase,
+// and, for the tests' bank model and halo check, optionally every access of one block of each
+// kernel as (kernel, phase, thread, kind, slot) with the value stored or loaded.
+enum TraceKernel : int {
+  kTraceForward = 0,
+  kTraceDelta = 1,
+  kTraceGradContent = 2,
+  kTraceGradPattern = 3
+};
+constexpr int kNone = -1;  // no thread yet
+constexpr int kMany = -2;  // several threads (readers only)
+
+struct SmemTrace {
+  int64_t block = 0;  // the block recorded, in every kernel
+  std::vector<int64_t> rows;
+  std::vector<double> values;
+};
+
 struct SmemTracker {
   const char* base = nullptr;
   int64_t elem_bytes = 0;
+  int64_t kernel = 0;
   int64_t block = 0;
   int64_t phase = 0;
   int thread = -1;
-  std::vector<int> owner;
-  std::vector<int64_t>* trace = nullptr;
+  std::vector<int> writer;
+  std::vector<int> reader;
+  SmemTrace* trace = nullptr;  // set only while the traced block runs
 };
 static thread_local SmemTracker* t_tracker = nullptr;
 
-// The emulator's side of smem_store (tiled_kernels.h): records the storing thread per slot.
+namespace {
+
+int64_t slot_index(const SmemTracker& tr, const void* slot, const char* what) {
+  const int64_t index = (static_cast<const char*>(slot) - tr.base) / tr.elem_bytes;
+  TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(tr.writer.size()),
+              "tiled emulation: thread ", tr.thread, " ", what, " outside shared memory (slot ",
+              index, " of ", tr.writer.size(), ")");
+  return index;
+}
+
+void record(const SmemTracker& tr, int64_t kind, int64_t index, const void* slot) {
+  if (tr.trace == nullptr) return;
+  tr.trace->rows.insert(tr.trace->rows.end(), {tr.kernel, tr.phase, tr.thread, kind, index});
+  tr.trace->values.push_back(tr.elem_bytes == 4 ? double(*static_cast<const float*>(slot))
+                                                : *static_cast<const double*>(slot));
+}
+
+}  // namespace
+
+// The emulator's side of smem_store (tiled_kernels.h): a slot that another thread wrote or read
+// in this phase is a race on the GPU (write-write, or write-after-read: a missing barrier).
 void note_smem_store(const void* slot) {
   SmemTracker* tr = t_tracker;
   if (tr == nullptr || tr->thread < 0) return;
-  const int64_t index = (static_cast<const char*>(slot) - tr->base) / tr->elem_bytes;
-  TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(tr->owner.size()),
-              "tiled emulation: thread ", tr->thread, " stored outside shared memory (slot ", index,
-              " of ", tr->owner.size(), ")");
-  int& owner = tr->owner[index];
-  TORCH_CHECK(owner < 0 || owner == tr->thread, "tiled emulation: threads ", owner, " and ",
-              tr->thread, " both wrote shared slot ", index, " in phase ", tr->phase,
-              " of block ", tr->block, " (a write-write race on the GPU)");
-  owner = tr->thread;
-  if (tr->trace) tr->trace->insert(tr->trace->end(), {tr->phase, tr->thread, index});
+  const int64_t index = slot_index(*tr, slot, "stored");
+  int& writer = tr->writer[index];
+  TORCH_CHECK(writer == kNone || writer == tr->thread, "tiled emulation: threads ", writer, " and ",
+              tr->thread, " both wrote shared slot ", index, " in phase ", tr->phase, " of block ",
+              tr->block, " (a write-write race on the GPU)");
+  const int reader = tr->reader[index];
+  TORCH_CHECK(reader == kNone || reader == tr->thread, "tiled emulation: thread ", tr->thread,
+              " wrote shared slot ", index, " that ",
+              reader == kMany ? std::string("several threads") : "thread " + std::to_string(reader),
+              " read in the same phase ", tr->phase, " of block ", tr->block,
+              " (a write-after-read race on the GPU: a missing barrier)");
+  writer = tr->thread;
+  record(*tr, 0, index, slot);
+}
+
+// The emulator's side of smem_load: a slot that another thread wrote in this phase is a
+// read-after-write race on the GPU (a missing barrier between a staging and a compute phase).
+void note_smem_load(const void* slot) {
+  SmemTracker* tr = t_tracker;
+  if (tr == nullptr || tr->thread < 0) return;
+  const int64_t index = slot_index(*tr, slot, "loaded");
+  const int writer = tr->writer[index];
+  TORCH_CHECK(writer == kNone || writer == tr->thread, "tiled emulation: thread ", tr->thread,
+              " read shared slot ", index, " that thread ", writer, " wrote in the same phase ",
+              tr->phase, " of block ", tr->block,
+              " (a read-after-write race on the GPU: a missing barrier)");
+  int& reader = tr->reader[index];
+  reader = (reader == kNone || reader == tr->thread) ? tr->thread : kMany;
+  record(*tr, 1, index, slot);
 }
 
 namespace {
@@ -91,7 +150,8 @@ struct HostExec {
     }
     if (tr) {
       tr->phase = phase;
-      std::fill(tr->owner.begin(), tr->owner.end(), -1);
+      std::fill(tr->writer.begin(), tr->writer.end(), kNone);
+      std::fill(tr->reader.begin(), tr->reader.end(), kNone);
     }
     for (const int t : order) {
       if (tr) tr->thread = t;
@@ -104,24 +164,25 @@ struct HostExec {
 
 // Runs body(block, smem) for every block of the grid; smem is a fresh per-block buffer
 // filled with NaN, so a read of shared memory that was not staged shows up in the results.
-// g_trace, when set (_tiled_smem_trace), receives every shared store of block 0 only.
-std::vector<int64_t>* g_trace = nullptr;
+// g_trace, when set (_tiled_smem_trace), receives every shared access of its block.
+SmemTrace* g_trace = nullptr;
 
 template <typename acc_t, typename Body>
-void for_each_block(const Launch& launch, Body&& body) {
-  std::vector<int64_t>* trace = g_trace;
-  const int64_t blocks = trace ? std::min<int64_t>(launch.blocks, 1) : launch.blocks;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+void for_each_block(int kernel, const Launch& launch, Body&& body) {
+  SmemTrace* trace = g_trace;
+  at::parallel_for(0, launch.blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> smem(kSmemElems);
     SmemTracker tracker;
     tracker.base = reinterpret_cast<const char*>(smem.data());
     tracker.elem_bytes = sizeof(acc_t);
-    tracker.owner.assign(kSmemElems, -1);
-    tracker.trace = trace;
+    tracker.kernel = kernel;
+    tracker.writer.assign(kSmemElems, kNone);
+    tracker.reader.assign(kSmemElems, kNone);
     t_tracker = &tracker;
     for (int64_t block = begin; block < end; ++block) {
       std::fill(smem.begin(), smem.end(), std::numeric_limits<acc_t>::quiet_NaN());
       tracker.block = block;
+      tracker.trace = trace != nullptr && trace->block == block ? trace : nullptr;
       body(static_cast<int>(block), smem.data());
     }
     t_tracker = nullptr;
@@ -135,26 +196,27 @@ struct EmulatedBackend {
   template <typename scalar_t>
   static void forward(const ArgsOf<scalar_t>& a, const Launch& l) {
     using acc_t = at::opmath_type<scalar_t>;
-    for_each_block<acc_t>(l, [&](int block, acc_t* smem) {
+    for_each_block<acc_t>(kTraceForward, l, [&](int block, acc_t* smem) {
       gather_block<HostExec, kGatherGroup, kGatherOut, true>(a, block, smem);
     });
   }
   template <typename scalar_t>
   static void delta(const ArgsOf<scalar_t>& a, const Launch& l) {
     using acc_t = at::opmath_type<scalar_t>;
-    for_each_block<acc_t>(l, [&](int block, acc_t*) { delta_block<HostExec>(a, block); });
+    for_each_block<acc_t>(kTraceDelta, l,
+                          [&](int block, acc_t*) { delta_block<HostExec>(a, block); });
   }
   template <typename scalar_t>
   static void grad_content(const ArgsOf<scalar_t>& a, const Launch& l) {
     using acc_t = at::opmath_type<scalar_t>;
-    for_each_block<acc_t>(l, [&](int block, acc_t* smem) {
+    for_each_block<acc_t>(kTraceGradContent, l, [&](int block, acc_t* smem) {
       gather_block<HostExec, kGatherGroup, kGatherOut, false>(a, block, smem);
     });
   }
   template <typename scalar_t>
   static void grad_pattern(const ArgsOf<scalar_t>& a, const Launch& l) {
     using acc_t = at::opmath_type<scalar_t>;
-    for_each_block<acc_t>(l, [&](int block, acc_t* smem) {
+    for_each_block<acc_t>(kTraceGradPattern, l, [&](int block, acc_t* smem) {
       grad_pattern_block<HostExec, kPatternGroup, pattern_out<scalar_t>()>(a, block, smem);
     });
   }
@@ -186,18 +248,31 @@ int64_t tiled_emulation_order(int64_t order) {
   return g_thread_order.exchange(static_cast<int>(order));
 }
 
-// Every shared-memory store of block 0 of the forward, as rows (phase, thread, slot) in the
-// order the threads issue them: the tests' bank-conflict model reads it, so that the model
-// uses the kernel's own indexing (stage_region, stage_pixel) rather than a copy of it.
-at::Tensor tiled_smem_trace(const at::Tensor& pattern, const at::Tensor& content,
-                            int64_t kernel_size, int64_t dilation) {
+// Every shared-memory access of one block (`block`, the same index in every kernel) of the
+// forward and, when grad_out is given, of the backward (scale 1), in the order each thread
+// issues them (threads run in ascending order): rows (kernel, phase, thread, kind, slot), kernel
+// 0 forward, 2 grad_content, 3 grad_pattern (1, delta, uses no shared memory), kind 0 store
+// and 1 load, slot in accumulation-type elements from the start of shared memory; and the value
+// of each access. The tests' bank model and halo check read it, so that they use the kernels'
+// own indexing (stage_region, stage_pixel, accumulate_*) rather than a copy of it.
+std::tuple<at::Tensor, at::Tensor> tiled_smem_trace(const at::Tensor& pattern,
+                                                    const at::Tensor& content,
+                                                    const std::optional<at::Tensor>& grad_out,
+                                                    int64_t kernel_size, int64_t dilation,
+                                                    int64_t block) {
+  TORCH_CHECK(block >= 0, "_tiled_smem_trace: block must be >= 0, got ", block);
   static std::mutex lock;
   const std::lock_guard<std::mutex> hold(lock);
   const int previous = g_thread_order.exchange(static_cast<int>(ThreadOrder::kAscending));
-  std::vector<int64_t> trace;
+  SmemTrace trace;
+  trace.block = block;
   g_trace = &trace;
   try {
-    tiled_forward<EmulatedBackend>(pattern, content, kernel_size, dilation, 1.0);
+    auto [out, lse] = tiled_forward<EmulatedBackend>(pattern, content, kernel_size, dilation, 1.0);
+    if (grad_out.has_value()) {
+      tiled_backward<EmulatedBackend>(*grad_out, pattern, content, out, lse, kernel_size, dilation,
+                                      1.0);
+    }
   } catch (...) {
     g_trace = nullptr;
     g_thread_order.store(previous);
@@ -205,8 +280,9 @@ at::Tensor tiled_smem_trace(const at::Tensor& pattern, const at::Tensor& content
   }
   g_trace = nullptr;
   g_thread_order.store(previous);
-  const int64_t rows = static_cast<int64_t>(trace.size()) / 3;
-  return at::from_blob(trace.data(), {rows, 3}, at::kLong).clone();
+  const int64_t rows = static_cast<int64_t>(trace.values.size());
+  return {at::from_blob(trace.rows.data(), {rows, 5}, at::kLong).clone(),
+          at::from_blob(trace.values.data(), {rows}, at::kDouble).clone()};
 }
 
 // The launch configuration, for tests that pick shapes around tile and region boundaries:
@@ -243,8 +319,10 @@ TORCH_LIBRARY_IMPL(lcblock_cuda, CPU, m) {
 TORCH_LIBRARY_FRAGMENT(lcblock_cuda, m) {
   m.def("_tiled_config() -> int[]", &tiled::tiled_config);
   m.def("_tiled_emulation_order(int order) -> int", &tiled::tiled_emulation_order);
-  m.def("_tiled_smem_trace(Tensor pattern, Tensor content, int kernel_size, int dilation) -> Tensor",
-        &tiled::tiled_smem_trace);
+  m.def(
+      "_tiled_smem_trace(Tensor pattern, Tensor content, Tensor? grad_out, int kernel_size, "
+      "int dilation, int block=0) -> (Tensor, Tensor)",
+      &tiled::tiled_smem_trace);
 }
 
 }  // namespace lcblock

@@ -233,19 +233,31 @@ LC_HD bool pixels_are_vectors(const Strided<const scalar_t>& x, int c0) {
 }
 
 #ifndef __CUDA_ARCH__
-// The CPU emulator's record of shared stores (csrc/cpu/tiled_emulation.cpp).
+// The CPU emulator's record of shared-memory accesses (csrc/cpu/tiled_emulation.cpp).
 void note_smem_store(const void* slot);
+void note_smem_load(const void* slot);
 #endif
 
-// Shared-memory stores of the staging phases go through smem_store: on the GPU a plain store;
-// on the CPU (the emulator) it also records which thread wrote which slot, so that two threads
-// writing one slot in one phase is an error (a write-write race on the GPU).
+// Every shared-memory access of the block code goes through smem_store / smem_load: on the GPU
+// a plain store or load; on the CPU (the emulator) they also record which thread wrote or read
+// which slot in the current phase, so that a slot that one thread writes and another thread
+// writes or reads in the same phase is an error: a race on the GPU, i.e. a missing barrier
+// (docs/cuda.md, "The emulator"). The bank model of tests/test_cuda_emulation.py reads the same
+// record (_tiled_smem_trace).
 template <typename acc_t>
 LC_HD void smem_store(acc_t* slot, acc_t value) {
   *slot = value;
 #ifndef __CUDA_ARCH__
   note_smem_store(slot);
 #endif
+}
+
+template <typename acc_t>
+LC_HD acc_t smem_load(const acc_t* slot) {
+#ifndef __CUDA_ARCH__
+  note_smem_load(slot);
+#endif
+  return *slot;
 }
 
 // Sixteen bytes as four 32-bit words: a uint4 on the GPU, four integers on the CPU.
@@ -380,7 +392,9 @@ LC_HD void accumulate_dots(int t, const A& args, const Tile& tile, const Pixel& 
       const acc_t own = static_cast<acc_t>(own_ptr[c * x.sc]);
       LC_UNROLL
       for (int g = 0; g < G; ++g) {
-        if (g < args.group) sums[g] += own * region[c * kPlane + base + g * args.dilation];
+        if (g < args.group) {
+          sums[g] += own * smem_load(region + c * kPlane + base + g * args.dilation);
+        }
       }
     }
   }
@@ -402,7 +416,7 @@ LC_HD void accumulate_weighted(int t, const A& args, int off, int n, const acc_t
       LC_UNROLL
       for (int g = 0; g < G; ++g) {
         if (g < args.group && weight[g] != acc_t(0)) {
-          sum += weight[g] * region[c * kPlane + base + g * args.dilation];
+          sum += weight[g] * smem_load(region + c * kPlane + base + g * args.dilation);
         }
       }
       acc[off + c] = sum;
@@ -477,8 +491,9 @@ LC_HD void gather_block(const Args<scalar_t, acc_t, lse_t>& args, int block, acc
               const acc_t logit = st.weight[g];
               acc_t w = acc_t(0);
               if (logit != none) {
-                w = lc_exp(logit -
-                           (kForward ? st.max_logit : neighbour_lse[base + g * args.dilation]));
+                w = lc_exp(logit - (kForward
+                                        ? st.max_logit
+                                        : smem_load(neighbour_lse + base + g * args.dilation)));
               }
               st.weight[g] = w;
               if (kForward) st.sum += w;
@@ -603,9 +618,9 @@ LC_HD void grad_pattern_block(const Args<scalar_t, acc_t, lse_t>& args, int bloc
             const int j = base + g * args.dilation;
             const acc_t logit = args.scale * st.logit[g];
             const acc_t w_ij = lc_exp(logit - lse_i);
-            const acc_t w_ji = lc_exp(logit - neighbour_lse[j]);
+            const acc_t w_ji = lc_exp(logit - smem_load(neighbour_lse + j));
             const acc_t coef = args.scale * (w_ij * (st.dy_c[g] - delta_i) +
-                                             w_ji * (st.c_dy[g] - neighbour_delta[j]));
+                                             w_ji * (st.c_dy[g] - smem_load(neighbour_delta + j)));
             st.logit[g] = coef;
           }
         });

@@ -26,6 +26,7 @@ Usage::
     python benchmarks/bench_export.py                          # 1x3x720x1280, 1 and 2 threads
     python benchmarks/bench_export.py --reps 5 --json export_bench.json
     python benchmarks/bench_export.py --checkpoint runs/x/last.pt --keep-onnx lcnet.onnx
+    python benchmarks/bench_export.py --onnx lcnet.onnx --threads 1   # re-time, no export
     python benchmarks/bench_export.py --height 36 --width 44 --reps 1   # a smoke test
 
 Needs the ``[export]`` extra (onnx, onnxscript, onnxruntime).
@@ -61,6 +62,7 @@ IMPLS = ("ort", "fused", "decomposed")
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 SEED = 0
 MS_PER_S = 1e3
+MAX_ORT_DIFF = 1e-3  # ORT vs fused, float32: 3e-5 measured at 720x1280
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -101,6 +103,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=tuple(LAYOUTS), default="channels_last",
                         help="memory format of the PyTorch models and input")  # fmt: skip
     parser.add_argument("--keep-onnx", type=Path, default=None, help="also keep the .onnx file")
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="time this .onnx (a --keep-onnx file of the same model) instead of exporting; its "
+        "output must match the fused model's to 1e-3 or the run stops",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results")
     args = parser.parse_args(argv)
     for name in ("height", "width"):
@@ -112,6 +121,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.keep_onnx is not None and args.keep_onnx.suffix != ".onnx":
         parser.error(f"--keep-onnx {args.keep_onnx}: expected a file name ending in .onnx")
+    if args.onnx is not None and (args.onnx.suffix != ".onnx" or not args.onnx.is_file()):
+        parser.error(f"--onnx {args.onnx}: expected an existing file ending in .onnx")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
     return args
@@ -194,13 +205,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             torch.save({"model": model.state_dict(), "model_config": config.to_dict()}, checkpoint)
         else:
             checkpoint = Path(args.checkpoint)
-        onnx_path = work / "lcnet.onnx"
-        start = time.perf_counter()
-        try:
-            export_model(ExportConfig(checkpoint=str(checkpoint), out=str(onnx_path)))
-        except LCNetError as exc:
-            raise SystemExit(f"bench_export: {exc}") from exc
-        export_s = time.perf_counter() - start
+        export_s: float | None = None
+        if args.onnx is not None:
+            onnx_path = args.onnx
+        else:
+            onnx_path = work / "lcnet.onnx"
+            start = time.perf_counter()
+            try:
+                export_model(ExportConfig(checkpoint=str(checkpoint), out=str(onnx_path)))
+            except LCNetError as exc:
+                raise SystemExit(f"bench_export: {exc}") from exc
+            export_s = time.perf_counter() - start
         graph = onnx.load(str(onnx_path))
         opsets = {o.domain or "ai.onnx": o.version for o in graph.opset_import}
         custom = sorted({n.op_type for n in graph.graph.node if n.domain not in ("", "ai.onnx")})
@@ -232,6 +247,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             for impl in ("ort", "decomposed"):
                 diff = float(np.abs(outputs[impl] - outputs["fused"]).max())
                 max_diff[impl] = max(max_diff.get(impl, 0.0), diff)
+            if max_diff["ort"] > MAX_ORT_DIFF:
+                raise SystemExit(
+                    f"bench_export: ONNX Runtime's output differs from the fused model's by "
+                    f"{max_diff['ort']:.3g} (> {MAX_ORT_DIFF}): "
+                    + (
+                        f"--onnx {args.onnx} is not an export of this model"
+                        if args.onnx
+                        else "the export is wrong"
+                    )
+                )
             for impl in IMPLS:
                 ratios = [a / b for a, b in zip(samples[impl], samples["fused"], strict=True)]
                 results.append(
@@ -265,6 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "reps": args.reps,
             "warmup": args.warmup,
             "export_s": export_s,
+            "onnx_file": None if args.onnx is None else str(args.onnx),
             "onnx_bytes": onnx_bytes,
             "session_s": session_s,
             "max_abs_diff_vs_fused": max_diff,
@@ -293,8 +319,13 @@ def format_report(result: dict[str, object]) -> str:
         f"- {env['date']}, {env['cpu']} ({env['cpu_count']} CPUs), python {env['python']}",
         f"- torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, "
         f"opset {opset}, custom ops: {', '.join(env['custom_ops']) or 'none'}",
-        f"- model: {env['checkpoint']}; ONNX {env['onnx_bytes'] / 1e6:.1f} MB, exported in "
-        f"{env['export_s']:.1f} s; PyTorch layout {env['layout']}",
+        f"- model: {env['checkpoint']}; ONNX {env['onnx_bytes'] / 1e6:.1f} MB, "
+        + (
+            f"exported in {env['export_s']:.1f} s"
+            if env["export_s"] is not None
+            else f"read from {env['onnx_file']}"
+        )
+        + f"; PyTorch layout {env['layout']}",
         f"- {env['reps']} interleaved rounds after {env['warmup']} warm-up call(s); ort session "
         "created in " + ", ".join(f"{s:.2f} s ({t} thr)" for t, s in env["session_s"].items()),
         "- max |out - fused|: "

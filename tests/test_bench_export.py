@@ -46,6 +46,17 @@ def test_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = capsys.readouterr().out
     assert "| 1 | ort |" in report and "onnxruntime " in report
 
+    # --onnx re-times a kept file without exporting ...
+    again = bench_export.main(argv[:-4] + ["--onnx", str(kept)])
+    assert again["environment"]["export_s"] is None
+    assert again["environment"]["max_abs_diff_vs_fused"]["ort"] < 1e-4
+    # ... and refuses one that is not an export of the model it compares with
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save({"model": LCNet(TINY).state_dict(), "model_config": TINY.to_dict()}, other)
+    with pytest.raises(SystemExit, match="is not an export of this model"):
+        bench_export.main(["--checkpoint", str(other), *argv[2:-4], "--onnx", str(kept)])
+
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
@@ -55,6 +66,7 @@ def test_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--reps", "x"], "--reps expects a positive integer, got 'x'"),
         (["--keep-onnx", "m.pt2"], "--keep-onnx m.pt2"),
         (["--checkpoint", "/nonexistent/c.pt"], "--checkpoint /nonexistent/c.pt"),
+        (["--onnx", "/nonexistent/m.onnx"], "--onnx /nonexistent/m.onnx"),
     ],
 )
 def test_bad_arguments(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:

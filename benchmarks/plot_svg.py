@@ -94,7 +94,8 @@ def render_svg(rows: Sequence[Mapping[str, object]], env: Mapping[str, object]) 
     ]
     title = (
         f"local_correlation: median ms per shape ({env.get('device', '?')}: "
-        f"{env.get('device_name', '?')}, {env.get('threads', '?')} threads, "
+        f"{env.get('device_name', '?')}, {env.get('threads', '?')} thread"
+        f"{'' if env.get('threads') == 1 else 's'}, "
         f"{env.get('dtype', '?')}, torch {env.get('torch', '?')}, {env.get('date', '?')})"
     )
     out.append(f"<text x='{MARGIN_L}' y='20' font-size='13'>{escape(title)}</text>")

@@ -46,6 +46,7 @@ Usage::
     python benchmarks/bench_lcblock.py --device cuda --dtype float16 --shapes headline,gopro
     python benchmarks/bench_lcblock.py --impl fused,shifted --shapes 2x32x128x128k7,1x16/8x64x64k5d2
     python benchmarks/bench_lcblock.py --json results.json
+    python benchmarks/bench_lcblock.py --plot times.svg      # the figure (benchmarks/plot_svg.py)
     python benchmarks/bench_lcblock.py --memory-format channels_last   # default: both layouts
 
 A custom shape is ``BxCPxHxWkK`` (``B x Cp x H x W``, kernel size K), with optional ``/CC``
@@ -88,6 +89,7 @@ from benchmarks.baselines import (  # noqa: E402
     shifted_local_correlation,
     window_block_mask,
 )
+from benchmarks.plot_svg import write_svg  # noqa: E402
 
 LOG = logging.getLogger("bench_lcblock")
 
@@ -828,6 +830,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + " (default: both, timed in the same interleaved rounds; --quick: contiguous)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write rows + environment")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PATH.svg",
+        help="also draw the median times per shape, one series per implementation (SVG)",
+    )
     parser.add_argument("--quick", action="store_true", help="one small shape, few repeats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
@@ -851,6 +860,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.min_run_time is not None and args.min_run_time <= 0:
         parser.error(f"--min-run-time must be > 0, got {args.min_run_time}")
+    if args.plot is not None:  # checked before the run, not after minutes of timing
+        if args.plot.suffix.lower() != ".svg":
+            parser.error(f"--plot {args.plot}: expected a file name ending in .svg")
+        if not args.plot.parent.is_dir():
+            parser.error(f"--plot {args.plot}: its folder {args.plot.parent} does not exist")
     return args
 
 
@@ -913,6 +927,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if args.json is not None:
         payload = {"environment": env, "rows": [asdict(row) for row in rows]}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    if args.plot is not None:
+        write_svg([asdict(row) for row in rows], env, args.plot)
+        print(f"\nplot: {args.plot}")
     return rows
 
 

@@ -200,7 +200,8 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
         // Every block takes the gathers' unmasked path: the pair values are zero wherever a
         // pixel or its neighbour is outside the image (pairs_row; the rings' margins are zero),
         // and the operands are read from row copies whose margins are zero, so what the masks
-        // would drop adds exact zeros (the sums, started at +0, are bitwise unchanged).
+        // would drop adds exact zeros (measured against the masked path: the gradients differ by
+        // float32 rounding only, docs/cpu_kernels.md).
         seg.inner_begin = 0;
         seg.inner_end = seg.padded_n;
         for (size_t o = 0; o < seg.offsets.size(); ++o) {

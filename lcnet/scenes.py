@@ -90,6 +90,14 @@ V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS = 0.5, 3.0
 #: every frame, the sharp one included (measured in docs/training.md: that network sharpens
 #: noise and loses 3.7 dB on a nearly sharp image of the shake split).
 V3_FRAME_NOISE = False
+#: Version 4 (docs/training.md, "Training data v4"): version 3 with fewer pairs that have
+#: nothing to deblur (in v3 about 60 % had less than 3 px of camera path): a still camera in
+#: :data:`V4_STILL_CAMERA` of the pairs, a short path (log-uniform over
+#: :data:`V4_SHORT_PATH_PX`) in :data:`V4_SHORT_PATH`, and v2's 3-18 px range
+#: (:data:`MIN_PATH_PX`, :data:`MAX_PATH_PX`) in the rest; frames and noise as version 3.
+V4_STILL_CAMERA = 0.10
+V4_SHORT_PATH = 0.15
+V4_SHORT_PATH_PX = (0.5, 3.0)
 #: Dead leaves: shape count and radius range (density ~ r^-3 between them), in pixels.
 MIN_LEAVES, MAX_LEAVES = 300, 600
 MIN_LEAF_RADIUS, MAX_LEAF_RADIUS = 4.0, 120.0
@@ -355,8 +363,8 @@ def make_pair(
     images (on every frame, the sharp one included, with :data:`V3_FRAME_NOISE`).
     ``lcnet.synth`` draws version 3's test split with version 2.
     """
-    if version not in (2, 3):
-        raise ValueError(f"version: expected 2 or 3, got {version!r}")
+    if version not in (2, 3, 4):
+        raise ValueError(f"version: expected 2, 3 or 4, got {version!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     if kind not in SCENE_KINDS:
@@ -374,13 +382,23 @@ def make_pair(
     if version == 2:
         path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
         still = False
-    else:
+    elif version == 3:
         still = bool(rng.random() < V3_STILL_CAMERA)
         path_length = (
             0.0
             if still
             else math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
         )
+        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
+    else:
+        share = rng.random()
+        still = bool(share < V4_STILL_CAMERA)
+        low, high = (
+            V4_SHORT_PATH_PX
+            if share < V4_STILL_CAMERA + V4_SHORT_PATH
+            else (MIN_PATH_PX, MAX_PATH_PX)
+        )
+        path_length = 0.0 if still else math.exp(rng.uniform(math.log(low), math.log(high)))
         n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))

@@ -43,6 +43,7 @@ __all__ = [
     "TRAIN_PHOTOS",
     "TRAIN_TEXTURES",
     "PairDraw",
+    "camera_path_length",
     "dead_leaves",
     "make_pair",
 ]
@@ -346,6 +347,28 @@ def _photo_canvas(
     return np.ascontiguousarray(best[1]), name, scale
 
 
+def camera_path_length(rng: np.random.Generator, version: int) -> float:
+    """The camera path's length (px) of one training pair of version 3 or 4; 0.0 is a still
+    camera. Version 3: still in :data:`V3_STILL_CAMERA` of the pairs, else log-uniform over
+    :data:`V3_MIN_PATH_PX`-:data:`V3_MAX_PATH_PX` (so about 60 % of its pairs move less than
+    3 px). Version 4: still in :data:`V4_STILL_CAMERA`, log-uniform over
+    :data:`V4_SHORT_PATH_PX` in :data:`V4_SHORT_PATH`, else over v2's
+    :data:`MIN_PATH_PX`-:data:`MAX_PATH_PX`."""
+    if version == 3:
+        if rng.random() < V3_STILL_CAMERA:
+            return 0.0
+        return math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
+    if version != 4:
+        raise ValueError(f"version: expected 3 or 4, got {version!r}")
+    share = rng.random()
+    if share < V4_STILL_CAMERA:
+        return 0.0
+    low, high = (
+        V4_SHORT_PATH_PX if share < V4_STILL_CAMERA + V4_SHORT_PATH else (MIN_PATH_PX, MAX_PATH_PX)
+    )
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
 # ------------------------------------------------------------------------------------ pairs
 def make_pair(
     rng: np.random.Generator, size: tuple[int, int], split: str, kind: str, version: int = 2
@@ -382,23 +405,9 @@ def make_pair(
     if version == 2:
         path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
         still = False
-    elif version == 3:
-        still = bool(rng.random() < V3_STILL_CAMERA)
-        path_length = (
-            0.0
-            if still
-            else math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
-        )
-        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     else:
-        share = rng.random()
-        still = bool(share < V4_STILL_CAMERA)
-        low, high = (
-            V4_SHORT_PATH_PX
-            if share < V4_STILL_CAMERA + V4_SHORT_PATH
-            else (MIN_PATH_PX, MAX_PATH_PX)
-        )
-        path_length = 0.0 if still else math.exp(rng.uniform(math.log(low), math.log(high)))
+        path_length = camera_path_length(rng, version)
+        still = path_length == 0.0
         n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))

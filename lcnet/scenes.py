@@ -99,6 +99,10 @@ V3_FRAME_NOISE = False
 V4_STILL_CAMERA = 0.10
 V4_SHORT_PATH = 0.15
 V4_SHORT_PATH_PX = (0.5, 3.0)
+#: Version 4's frames: True, one frame per pixel of path as version 3 (up to
+#: :data:`V3_MAX_FRAMES`); False, version 2's 7-15 frames whatever the path (long paths then
+#: ghost, as in the test split, which is version 2's).
+V4_ONE_FRAME_PER_PX = True
 #: Dead leaves: shape count and radius range (density ~ r^-3 between them), in pixels.
 MIN_LEAVES, MAX_LEAVES = 300, 600
 MIN_LEAF_RADIUS, MAX_LEAF_RADIUS = 4.0, 120.0
@@ -408,7 +412,8 @@ def make_pair(
     else:
         path_length = camera_path_length(rng, version)
         still = path_length == 0.0
-        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
+        if version == 3 or V4_ONE_FRAME_PER_PX:
+            n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     if still:

@@ -409,7 +409,11 @@ def _build_v2(
                     scenes.MIN_PATH_PX,
                     scenes.MAX_PATH_PX,
                 ],
-                "frames": [scenes.MIN_FRAMES, scenes.V3_MAX_FRAMES],
+                "frames": [
+                    scenes.MIN_FRAMES,
+                    scenes.V3_MAX_FRAMES if scenes.V4_ONE_FRAME_PER_PX else scenes.MAX_FRAMES,
+                ],
+                "one_frame_per_px": scenes.V4_ONE_FRAME_PER_PX,
                 "noise_levels_uint8": [scenes.V3_MIN_NOISE_LEVELS, scenes.V3_MAX_NOISE_LEVELS],
                 "noise": "on the blurry images only",
             }

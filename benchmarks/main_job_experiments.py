@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--still", type=float, default=None, help="v4: share of still cameras")
     ap.add_argument("--short", type=float, default=None, help="v4: share of short paths")
     ap.add_argument("--v2-frames", action="store_true", help="v4: version 2's 7-15 frames")
+    ap.add_argument("--noise", default=None, help="v4: LO,HI noise levels (8-bit) of the blurry")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/lcnet-experiments"))
     ap.add_argument("--shake", type=Path, default=Path.home() / ".cache/lcnet/shake-test-v1")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/recipe_results.jsonl"))
@@ -82,6 +83,10 @@ def main() -> int:
         data_params.update(still=scenes.V4_STILL_CAMERA, short=scenes.V4_SHORT_PATH)
         if args.v2_frames:
             data_params["frames"] = "v2"
+        if args.noise:
+            low, high = (float(v) for v in args.noise.split(","))
+            scenes.V4_MIN_NOISE_LEVELS, scenes.V4_MAX_NOISE_LEVELS = low, high
+            data_params["noise"] = f"{low:g}-{high:g}"
     name = "-".join(f"{k}{v}" for k, v in data_params.items())
     data = args.cache / f"data-{name}"
     t0 = time.time()

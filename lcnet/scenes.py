@@ -103,6 +103,8 @@ V4_SHORT_PATH_PX = (0.5, 3.0)
 #: :data:`V3_MAX_FRAMES`); False, version 2's 7-15 frames whatever the path (long paths then
 #: ghost, as in the test split, which is version 2's).
 V4_ONE_FRAME_PER_PX = True
+#: Version 4's noise on the blurry images, 8-bit grey levels (version 3's by default).
+V4_MIN_NOISE_LEVELS, V4_MAX_NOISE_LEVELS = V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS
 #: Dead leaves: shape count and radius range (density ~ r^-3 between them), in pixels.
 MIN_LEAVES, MAX_LEAVES = 300, 600
 MIN_LEAF_RADIUS, MAX_LEAF_RADIUS = 4.0, 120.0
@@ -480,6 +482,8 @@ def make_pair(
             (MIN_NOISE_LEVELS, MAX_NOISE_LEVELS)
             if version == 2
             else (V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS)
+            if version == 3
+            else (V4_MIN_NOISE_LEVELS, V4_MAX_NOISE_LEVELS)
         )
         noise_levels = float(rng.uniform(low, high))
         noise = rng.normal(0.0, noise_levels / UINT8_MAX, (2, height, width, 3)).astype(np.float32)

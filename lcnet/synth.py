@@ -414,7 +414,7 @@ def _build_v2(
                     scenes.V3_MAX_FRAMES if scenes.V4_ONE_FRAME_PER_PX else scenes.MAX_FRAMES,
                 ],
                 "one_frame_per_px": scenes.V4_ONE_FRAME_PER_PX,
-                "noise_levels_uint8": [scenes.V3_MIN_NOISE_LEVELS, scenes.V3_MAX_NOISE_LEVELS],
+                "noise_levels_uint8": [scenes.V4_MIN_NOISE_LEVELS, scenes.V4_MAX_NOISE_LEVELS],
                 "noise": "on the blurry images only",
             }
         )

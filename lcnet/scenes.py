@@ -43,6 +43,7 @@ __all__ = [
     "TRAIN_PHOTOS",
     "TRAIN_TEXTURES",
     "PairDraw",
+    "camera_path_length",
     "dead_leaves",
     "make_pair",
 ]
@@ -90,6 +91,20 @@ V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS = 0.5, 3.0
 #: every frame, the sharp one included (measured in docs/training.md: that network sharpens
 #: noise and loses 3.7 dB on a nearly sharp image of the shake split).
 V3_FRAME_NOISE = False
+#: Version 4 (docs/training.md, "Training data v4"): version 3 with fewer pairs that have
+#: nothing to deblur (in v3 about 60 % had less than 3 px of camera path): a still camera in
+#: :data:`V4_STILL_CAMERA` of the pairs, a short path (log-uniform over
+#: :data:`V4_SHORT_PATH_PX`) in :data:`V4_SHORT_PATH`, and v2's 3-18 px range
+#: (:data:`MIN_PATH_PX`, :data:`MAX_PATH_PX`) in the rest; frames and noise as version 3.
+V4_STILL_CAMERA = 0.10
+V4_SHORT_PATH = 0.15
+V4_SHORT_PATH_PX = (0.5, 3.0)
+#: Version 4's frames: True, one frame per pixel of path as version 3 (up to
+#: :data:`V3_MAX_FRAMES`); False, version 2's 7-15 frames whatever the path (long paths then
+#: ghost, as in the test split, which is version 2's).
+V4_ONE_FRAME_PER_PX = True
+#: Version 4's noise on the blurry images, 8-bit grey levels (version 3's by default).
+V4_MIN_NOISE_LEVELS, V4_MAX_NOISE_LEVELS = V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS
 #: Dead leaves: shape count and radius range (density ~ r^-3 between them), in pixels.
 MIN_LEAVES, MAX_LEAVES = 300, 600
 MIN_LEAF_RADIUS, MAX_LEAF_RADIUS = 4.0, 120.0
@@ -338,6 +353,28 @@ def _photo_canvas(
     return np.ascontiguousarray(best[1]), name, scale
 
 
+def camera_path_length(rng: np.random.Generator, version: int) -> float:
+    """The camera path's length (px) of one training pair of version 3 or 4; 0.0 is a still
+    camera. Version 3: still in :data:`V3_STILL_CAMERA` of the pairs, else log-uniform over
+    :data:`V3_MIN_PATH_PX`-:data:`V3_MAX_PATH_PX` (so about 60 % of its pairs move less than
+    3 px). Version 4: still in :data:`V4_STILL_CAMERA`, log-uniform over
+    :data:`V4_SHORT_PATH_PX` in :data:`V4_SHORT_PATH`, else over v2's
+    :data:`MIN_PATH_PX`-:data:`MAX_PATH_PX`."""
+    if version == 3:
+        if rng.random() < V3_STILL_CAMERA:
+            return 0.0
+        return math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
+    if version != 4:
+        raise ValueError(f"version: expected 3 or 4, got {version!r}")
+    share = rng.random()
+    if share < V4_STILL_CAMERA:
+        return 0.0
+    low, high = (
+        V4_SHORT_PATH_PX if share < V4_STILL_CAMERA + V4_SHORT_PATH else (MIN_PATH_PX, MAX_PATH_PX)
+    )
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
 # ------------------------------------------------------------------------------------ pairs
 def make_pair(
     rng: np.random.Generator, size: tuple[int, int], split: str, kind: str, version: int = 2
@@ -355,8 +392,8 @@ def make_pair(
     images (on every frame, the sharp one included, with :data:`V3_FRAME_NOISE`).
     ``lcnet.synth`` draws version 3's test split with version 2.
     """
-    if version not in (2, 3):
-        raise ValueError(f"version: expected 2 or 3, got {version!r}")
+    if version not in (2, 3, 4):
+        raise ValueError(f"version: expected 2, 3 or 4, got {version!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     if kind not in SCENE_KINDS:
@@ -375,13 +412,10 @@ def make_pair(
         path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
         still = False
     else:
-        still = bool(rng.random() < V3_STILL_CAMERA)
-        path_length = (
-            0.0
-            if still
-            else math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
-        )
-        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
+        path_length = camera_path_length(rng, version)
+        still = path_length == 0.0
+        if version == 3 or V4_ONE_FRAME_PER_PX:
+            n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     if still:
@@ -448,6 +482,8 @@ def make_pair(
             (MIN_NOISE_LEVELS, MAX_NOISE_LEVELS)
             if version == 2
             else (V3_MIN_NOISE_LEVELS, V3_MAX_NOISE_LEVELS)
+            if version == 3
+            else (V4_MIN_NOISE_LEVELS, V4_MAX_NOISE_LEVELS)
         )
         noise_levels = float(rng.uniform(low, high))
         noise = rng.normal(0.0, noise_levels / UINT8_MAX, (2, height, width, 3)).astype(np.float32)

@@ -98,7 +98,7 @@ MANIFEST_NAME = "synth.json"
 #: over a moving camera (:mod:`lcnet.scenes`, ``synthetic-gopro-v2``), 3 = version 2 with still
 #: cameras, blur from half a pixel and more noise in the training split (``synthetic-gopro-v3``,
 #: the default; docs/training.md).
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 DEFAULT_VERSION = 3
 #: Version written by default (kept for callers of version 1's name).
 FORMAT_VERSION = DEFAULT_VERSION
@@ -398,6 +398,26 @@ def _build_v2(
         "mean_psnr": {},
         "images": {},
     }
+    if version == 4:
+        manifest["blur_model"].update(
+            {
+                "still_camera": scenes.V4_STILL_CAMERA,
+                "short_path": scenes.V4_SHORT_PATH,
+                "camera_path_px": [
+                    0.0,
+                    *scenes.V4_SHORT_PATH_PX,
+                    scenes.MIN_PATH_PX,
+                    scenes.MAX_PATH_PX,
+                ],
+                "frames": [
+                    scenes.MIN_FRAMES,
+                    scenes.V3_MAX_FRAMES if scenes.V4_ONE_FRAME_PER_PX else scenes.MAX_FRAMES,
+                ],
+                "one_frame_per_px": scenes.V4_ONE_FRAME_PER_PX,
+                "noise_levels_uint8": [scenes.V4_MIN_NOISE_LEVELS, scenes.V4_MAX_NOISE_LEVELS],
+                "noise": "on the blurry images only",
+            }
+        )
     if version == 3:
         manifest["blur_model"].update(
             {

@@ -162,7 +162,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
             {"size": (400, 64), "version": 1},
             "size: source photo .* smaller than the requested image size 400x64",
         ),
-        ({"version": 4}, r"version: expected one of \(1, 2, 3\), got 4"),
+        ({"version": 5}, r"version: expected one of \(1, 2, 3, 4\), got 5"),
         ({"workers": 0}, "workers: expected a positive integer, got 0"),
     ],
 )

@@ -353,26 +353,28 @@ def _photo_canvas(
     return np.ascontiguousarray(best[1]), name, scale
 
 
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
 def camera_path_length(rng: np.random.Generator, version: int) -> float:
     """The camera path's length (px) of one training pair of version 3 or 4; 0.0 is a still
     camera. Version 3: still in :data:`V3_STILL_CAMERA` of the pairs, else log-uniform over
     :data:`V3_MIN_PATH_PX`-:data:`V3_MAX_PATH_PX` (so about 60 % of its pairs move less than
     3 px). Version 4: still in :data:`V4_STILL_CAMERA`, log-uniform over
-    :data:`V4_SHORT_PATH_PX` in :data:`V4_SHORT_PATH`, else over v2's
-    :data:`MIN_PATH_PX`-:data:`MAX_PATH_PX`."""
+    :data:`V4_SHORT_PATH_PX` in :data:`V4_SHORT_PATH`, else over v2's range."""
     if version == 3:
         if rng.random() < V3_STILL_CAMERA:
             return 0.0
-        return math.exp(rng.uniform(math.log(V3_MIN_PATH_PX), math.log(V3_MAX_PATH_PX)))
+        return _log_uniform(rng, V3_MIN_PATH_PX, V3_MAX_PATH_PX)
     if version != 4:
         raise ValueError(f"version: expected 3 or 4, got {version!r}")
     share = rng.random()
     if share < V4_STILL_CAMERA:
         return 0.0
-    low, high = (
-        V4_SHORT_PATH_PX if share < V4_STILL_CAMERA + V4_SHORT_PATH else (MIN_PATH_PX, MAX_PATH_PX)
-    )
-    return math.exp(rng.uniform(math.log(low), math.log(high)))
+    if share < V4_STILL_CAMERA + V4_SHORT_PATH:
+        return _log_uniform(rng, *V4_SHORT_PATH_PX)
+    return _log_uniform(rng, MIN_PATH_PX, MAX_PATH_PX)
 
 
 # ------------------------------------------------------------------------------------ pairs
@@ -408,14 +410,14 @@ def make_pair(
         background, source, scale = _photo_canvas(rng, photos, canvas_shape)
 
     n_frames = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
-    if version == 2:
-        path_length = math.exp(rng.uniform(math.log(MIN_PATH_PX), math.log(MAX_PATH_PX)))
-        still = False
-    else:
-        path_length = camera_path_length(rng, version)
-        still = path_length == 0.0
-        if version == 3 or V4_ONE_FRAME_PER_PX:
-            n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
+    path_length = (
+        _log_uniform(rng, MIN_PATH_PX, MAX_PATH_PX)
+        if version == 2
+        else camera_path_length(rng, version)
+    )
+    still = path_length == 0.0
+    if version == 3 or (version == 4 and V4_ONE_FRAME_PER_PX):
+        n_frames = max(n_frames, min(V3_MAX_FRAMES, math.ceil(path_length) + 1))
     camera = _path(rng, n_frames, path_length, HEADING_JITTER_RAD, SPEED_JITTER)
     total_rotation = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
     if still:

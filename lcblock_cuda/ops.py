@@ -1,4 +1,4 @@
-"""Python side of the dispatcher ops: fake kernels, autograd, and the public function.
+"""Python side of the dispatcher ops: fake kernels and the public function.
 
 The compiled library (``lcblock_cuda._C``) defines two ops in the ``lcblock_cuda``
 namespace (schemas in ``csrc/lcblock.cpp``):
@@ -7,8 +7,10 @@ namespace (schemas in ``csrc/lcblock.cpp``):
 * ``local_correlation_backward(grad_out, pattern, content, out, lse, kernel_size, dilation,
   scale) -> (grad_pattern, grad_content)``
 
-Here they get fake (meta) kernels, so ``torch.compile`` can trace them, and the forward gets
-an autograd formula that calls the backward op.
+Here they get fake (meta) kernels, so ``torch.compile`` can trace them. Their autograd is in
+C++ (``csrc/autograd.cpp``): the forward saves pattern, content, out and lse and its backward
+calls the backward op; the backward op's own backward raises (no double backward). In Python it
+cost about 25 µs more per forward + backward (docs/DESIGN.md, "Autograd in C++").
 """
 
 from __future__ import annotations
@@ -38,39 +40,6 @@ def _forward_fake(pattern, content, kernel_size, dilation, scale):
 @torch.library.register_fake(_BWD)
 def _backward_fake(grad_out, pattern, content, out, lse, kernel_size, dilation, scale):
     return _empty_in_layout_of(pattern), _empty_in_layout_of(content)
-
-
-def _setup_context(ctx, inputs, output):
-    pattern, content, kernel_size, dilation, scale = inputs
-    out, lse = output
-    # Only the inputs, the output and the log-sum-exp: no k²-sized buffer is kept.
-    ctx.save_for_backward(pattern, content, out, lse)
-    ctx.mark_non_differentiable(lse)
-    ctx.params = (kernel_size, dilation, scale)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    pattern, content, out, lse = ctx.saved_tensors
-    grad_pattern, grad_content = torch.ops.lcblock_cuda.local_correlation_backward(
-        grad_out, pattern, content, out, lse, *ctx.params
-    )
-    return grad_pattern, grad_content, None, None, None
-
-
-torch.library.register_autograd(_FWD, _backward, setup_context=_setup_context)
-
-
-def _no_double_backward(ctx, grad_pattern, grad_content):
-    raise RuntimeError(
-        "local_correlation: double backward (the gradient of a gradient, e.g. after "
-        "torch.autograd.grad(..., create_graph=True)) is not implemented by the fused op. "
-        "Use lcblock_cuda.reference.local_correlation where second derivatives are needed."
-    )
-
-
-# The backward op's outputs get a graph node only under create_graph=True; differentiating
-# through them then raises instead of silently treating the backward as constant (which gave 0).
-torch.library.register_autograd(_BWD, _no_double_backward)
 
 
 def local_correlation(

@@ -153,6 +153,7 @@ struct ContentRows {
   T* base;
   Planes<const T> src;
   int64_t cpad, reach, slots, margin, row_size;
+  RingSlots slot;
   int64_t loaded_b = -1, loaded_hi = -1;  // rows up to loaded_hi of image loaded_b
 
   ContentRows(const Geometry& g, const Planes<const T>& src_, const at::TensorOptions& options)
@@ -161,20 +162,21 @@ struct ContentRows {
         reach(g.radius * g.dilation),
         slots(2 * g.radius * g.dilation + 1),
         margin(g.radius * g.dilation + g.dilation),
-        row_size((2 * margin + g.width) * cpad) {
+        row_size((2 * margin + g.width) * cpad),
+        slot(g.height, slots) {
     storage = at::zeros({slots * row_size}, options);
     base = storage.mutable_data_ptr<T>();
   }
   // Channel 0 of pixel x of image row r (loaded; x may lie in the margins).
   const T* at(int64_t r, int64_t x) const {
-    return base + (r % slots) * row_size + (margin + x) * cpad;
+    return base + slot(r) * row_size + (margin + x) * cpad;
   }
   // Makes rows [h − reach, h + reach] ∩ image of image b available.
   void advance(int64_t b, int64_t h) {
     const int64_t lo = std::max<int64_t>(h - reach, 0), hi = std::min(h + reach, src.height - 1);
     if (b != loaded_b || lo > loaded_hi) loaded_b = b, loaded_hi = lo - 1;
     for (int64_t r = std::max(loaded_hi + 1, lo); r <= hi; ++r) {
-      T* to = base + (r % slots) * row_size + margin * cpad;
+      T* to = base + slot(r) * row_size + margin * cpad;
       const T* from = src.at(b, r, 0);
       const int64_t c = src.channels, w = src.width;
       if (!src.channels_last) {

@@ -118,7 +118,13 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         help="GOPRO-layout root ({train,test}/SEQ/{blur,blur_gamma,sharp}/*.png); "
         "default: the bundled synthetic set (built on first use)",
     )
-    data.add_argument("--blur-dir", choices=("blur", "blur_gamma"), default=default(d.blur_dir))
+    data.add_argument(
+        "--blur-dir",
+        choices=("blur", "blur_gamma", "both"),
+        default=default(d.blur_dir),
+        help="blurry images of the pairs; both: blur or blur_gamma, drawn per crop (the quick "
+        "recipe's choice); default: blur",
+    )
     data.add_argument(
         "--patch-size", type=positive_int, default=default(d.patch_size), help="crop side"
     )

@@ -6,7 +6,8 @@ Layout (GOPRO_Large, Nah et al. 2017)::
     ROOT/{train,test}/<sequence>/{blur,blur_gamma,sharp}/NNNNNN.png
 
 where the blurry and sharp images of a pair share their file name. Nah et al. report on
-``blur_gamma``; most later papers use ``blur``: both are supported via ``blur_dir``.
+``blur_gamma``; most later papers use ``blur``: both are supported via ``blur_dir``. For
+training, ``blur_dir="both"`` draws one of the two per crop (:data:`BOTH_BLUR_DIRS`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BLUR_DIRS",
+    "BOTH_BLUR_DIRS",
     "CACHE_ENV",
     "DEFAULT_DATASET_NAME",
     "SPLITS",
@@ -59,6 +61,11 @@ DEFAULT_DATASET_NAME = "synthetic-gopro-v3"
 DEFAULT_CACHE_BYTES = 1 << 30
 UINT8_MAX = 255
 RGB = 3
+#: ``blur_dir`` of a training set that takes each crop's blurry image from ``blur`` or
+#: ``blur_gamma`` (one draw per item and epoch, half and half): the two ways of averaging frames
+#: (in sRGB, in linear light). Trained on both, the main job gains as much on its own split
+#: (``blur``) and more on an independent generator's ``blur_gamma`` (docs/recipes.md).
+BOTH_BLUR_DIRS = "both"
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -77,7 +84,9 @@ class GoproDataset(Dataset):
 
     The draw for item ``index`` comes from ``np.random.default_rng([seed, epoch, index])``
     only, so it does not depend on the order items are fetched, the number of workers or a
-    resume; :meth:`set_epoch` selects the epoch.
+    resume; :meth:`set_epoch` selects the epoch. With ``blur_dir="both"`` the item's blurry image
+    is its ``blur`` or its ``blur_gamma`` one, by a draw of ``default_rng([seed, epoch, index,
+    1])``, so the crops are the same as with either folder alone.
 
     Decoded pairs are kept in memory (per process, so once per DataLoader worker) up to
     ``cache_bytes`` (default :data:`DEFAULT_CACHE_BYTES`; 0 disables the cache): a small set
@@ -106,25 +115,34 @@ class GoproDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.pairs = list_pairs(self.root, split, blur_dir)
+        if blur_dir == BOTH_BLUR_DIRS:
+            # Both lists hold exactly the sharp images' names (list_pairs names any image
+            # without its twin), so item i is the same pair in both.
+            self.pairs = list_pairs(self.root, split, "blur")
+            self.gamma_pairs: list[ImagePair] | None = list_pairs(self.root, split, "blur_gamma")
+        else:
+            self.pairs = list_pairs(self.root, split, blur_dir)
+            self.gamma_pairs = None
         self.cache_bytes = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
         if not isinstance(self.cache_bytes, int) or self.cache_bytes < 0:
             raise ValueError(f"cache_bytes: expected an integer >= 0, got {cache_bytes!r}")
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0
 
-    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The pair's uint8 images, from the cache when they are in it."""
-        hit = self._cache.get(index)
+    def _decoded(self, index: int, gamma: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The pair's uint8 images (its ``blur_gamma`` one with ``gamma``), from the cache when
+        they are in it."""
+        hit = self._cache.get((index, gamma))
         if hit is not None:
             return hit
-        pair = self.pairs[index]
+        pairs = self.gamma_pairs if gamma and self.gamma_pairs is not None else self.pairs
+        pair = pairs[index]
         blur, sharp = read_image(pair.blur), read_image(pair.sharp)
         size = blur.nbytes + sharp.nbytes
         if self._cached_bytes + size <= self.cache_bytes:
             blur.setflags(write=False)  # crops and flips are views: keep the cache intact
             sharp.setflags(write=False)
-            self._cache[index] = (blur, sharp)
+            self._cache[(index, gamma)] = (blur, sharp)
             self._cached_bytes += size
         return blur, sharp
 
@@ -148,8 +166,11 @@ class GoproDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._check_index(index)
-        pair = self.pairs[index]
-        blur, sharp = self._decoded(index)
+        gamma = False
+        if self.gamma_pairs is not None:  # its own stream: the crop draws stay as without it
+            gamma = bool(np.random.default_rng([self.seed, self.epoch, index, 1]).random() < 0.5)
+        pair = (self.gamma_pairs if gamma and self.gamma_pairs is not None else self.pairs)[index]
+        blur, sharp = self._decoded(index, gamma)
         if blur.shape != sharp.shape:
             raise ValueError(
                 f"pair {pair.name}: blurry image {pair.blur} is {blur.shape[1]}x{blur.shape[0]} "

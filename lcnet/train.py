@@ -101,7 +101,7 @@ class TrainConfig:
     :meth:`from_recipe` gives another recipe's values, see :mod:`lcnet.recipes`)."""
 
     data: str | None = None  # GOPRO-layout root; None: the bundled synthetic set
-    blur_dir: str = "blur"  # "blur" or "blur_gamma" (Nah et al.)
+    blur_dir: str = "blur"  # "blur", "blur_gamma" (Nah et al.) or "both" (lcnet.data)
     out: str = "runs/lcnet"
     epochs: int = 1500
     max_steps: int | None = None  # stop after this many optimiser steps (whichever ends first)
@@ -167,7 +167,7 @@ class TrainConfig:
         if not self.widths or any(w <= 0 for w in self.widths):
             raise LCNetError(f"--widths must be positive integers, got {self.widths!r}")
         choices = {
-            "blur_dir": ("blur", "blur_gamma"),
+            "blur_dir": ("blur", "blur_gamma", "both"),
             "device": ("auto", "cpu", "cuda"),
             "lc_backend": ("fused", "reference"),
             "recipe": tuple(RECIPES),
@@ -418,9 +418,8 @@ def _data(cfg: TrainConfig, ddp: Dist) -> tuple[Path, GoproDataset, list[Any]]:
             augment=True,
             seed=cfg.seed,
         )
-        val_pairs = (
-            list_pairs(root, "test", cfg.blur_dir)[: cfg.val_images] if cfg.val_every else []
-        )
+        val_dir = "blur" if cfg.blur_dir == "both" else cfg.blur_dir  # as lcnet eval's default
+        val_pairs = list_pairs(root, "test", val_dir)[: cfg.val_images] if cfg.val_every else []
     except (FileNotFoundError, ValueError) as exc:
         raise LCNetError(f"--data {root}: {exc} ({GOPRO_LAYOUT})") from exc
     check_patch_size(dataset, cfg.patch_size)

@@ -403,3 +403,39 @@ def test_dataset_decodes_each_pair_once(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert len(calls) == 2 * 2 * len(uncached)
     with pytest.raises(ValueError, match="cache_bytes: expected an integer >= 0, got -1"):
         GoproDataset(root, cache_bytes=-1)
+
+
+# --------------------------------------------------------------------- blur_dir="both"
+def test_both_blur_dirs_draws_blur_or_blur_gamma_per_item_and_epoch(tmp_path: Path) -> None:
+    root = _make_tree(tmp_path)  # blur_gamma = 255 - blur: the two are told apart exactly
+    kinds = {
+        d: GoproDataset(root, blur_dir=d, patch_size=PATCH) for d in ("blur", "blur_gamma", "both")
+    }
+    picks = []
+    for epoch in range(8):
+        for dataset in kinds.values():
+            dataset.set_epoch(epoch)
+        for index in range(len(kinds["both"])):
+            blur, sharp = kinds["both"][index]
+            gamma = np.random.default_rng([0, epoch, index, 1]).random() < 0.5
+            expected = kinds["blur_gamma" if gamma else "blur"][index]
+            # The same crop, flips and channel order as either folder alone; the drawn folder's
+            # blurry image.
+            torch.testing.assert_close(sharp, expected[1], rtol=0, atol=0)
+            torch.testing.assert_close(blur, expected[0], rtol=0, atol=0)
+            picks.append(gamma)
+    assert 0 < sum(picks) < len(picks)  # both folders are used
+
+
+def test_both_blur_dirs_names_a_missing_blur_gamma_image(tmp_path: Path) -> None:
+    root = _make_tree(tmp_path)
+    (root / "train" / "SEQ_A" / "blur_gamma" / "000002.png").unlink()
+    GoproDataset(root, blur_dir="blur", patch_size=PATCH)  # blur alone is complete
+    with pytest.raises(FileNotFoundError, match=r"SEQ_A/sharp/000002\.png has no blurry twin"):
+        GoproDataset(root, blur_dir="both", patch_size=PATCH)
+
+
+def test_both_blur_dirs_is_a_training_choice_only(tmp_path: Path) -> None:
+    root = _make_tree(tmp_path)
+    with pytest.raises(ValueError, match="blur_dir"):
+        list_pairs(root, "train", "both")

@@ -118,6 +118,26 @@ def test_run_folder_holds_config_logs_and_a_weights_only_checkpoint(tiny_run: Pa
 # pairs: tests/test_learning.py (the old 8-step test here passed with a no-op optimiser step).
 
 
+def test_blur_dir_both_trains_and_validates_on_blur(
+    tiny_gopro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = []
+    real_list_pairs = lcnet.train.list_pairs
+
+    def spy(root: Any, split: str = "train", blur_dir: str = "blur") -> Any:
+        listed.append((split, blur_dir))
+        return real_list_pairs(root, split, blur_dir)
+
+    monkeypatch.setattr(lcnet.train, "list_pairs", spy)
+    run = tmp_path / "run"
+    assert (
+        _train(tiny_gopro, run, "--blur-dir", "both", "--max-steps", "2", "--val-every", "1") == 0
+    )
+    assert json.loads((run / "config.json").read_text())["train"]["blur_dir"] == "both"
+    assert listed == [("test", "blur")]  # validation on blur, as lcnet eval's default
+    assert _load(run / "last.pt")["train_args"]["blur_dir"] == "both"
+
+
 @pytest.mark.parametrize(
     ("batch", "total", "first"),
     [

@@ -122,8 +122,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
         "--blur-dir",
         choices=("blur", "blur_gamma", "both"),
         default=default(d.blur_dir),
-        help="blurry images of the pairs; both: blur or blur_gamma, drawn per crop (the quick "
-        "recipe's choice); default: blur",
+        help="blurry images of the pairs; both: blur or blur_gamma, drawn per crop "
+        "(default: blur; the quick recipe: both)",
     )
     data.add_argument(
         "--patch-size", type=positive_int, default=default(d.patch_size), help="crop side"

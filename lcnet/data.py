@@ -129,14 +129,17 @@ class GoproDataset(Dataset):
         self._cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._cached_bytes = 0
 
+    def _listed(self, gamma: bool) -> list[ImagePair]:
+        """The pairs whose blurry image is the ``blur_gamma`` one (``gamma``), else the others."""
+        return self.gamma_pairs if gamma and self.gamma_pairs is not None else self.pairs
+
     def _decoded(self, index: int, gamma: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The pair's uint8 images (its ``blur_gamma`` one with ``gamma``), from the cache when
         they are in it."""
         hit = self._cache.get((index, gamma))
         if hit is not None:
             return hit
-        pairs = self.gamma_pairs if gamma and self.gamma_pairs is not None else self.pairs
-        pair = pairs[index]
+        pair = self._listed(gamma)[index]
         blur, sharp = read_image(pair.blur), read_image(pair.sharp)
         size = blur.nbytes + sharp.nbytes
         if self._cached_bytes + size <= self.cache_bytes:
@@ -169,7 +172,7 @@ class GoproDataset(Dataset):
         gamma = False
         if self.gamma_pairs is not None:  # its own stream: the crop draws stay as without it
             gamma = bool(np.random.default_rng([self.seed, self.epoch, index, 1]).random() < 0.5)
-        pair = (self.gamma_pairs if gamma and self.gamma_pairs is not None else self.pairs)[index]
+        pair = self._listed(gamma)[index]
         blur, sharp = self._decoded(index, gamma)
         if blur.shape != sharp.shape:
             raise ValueError(

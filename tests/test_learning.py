@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: A tiny network and short quick-recipe runs (a few seconds each on one CPU thread).
 SMALL = [
     "--recipe", "quick",
+    "--blur-dir", "blur",  # one rendering: the fixed batch below stays one batch
     "--batch-size", "4",
     "--patch-size", "32",
     "--widths", "8,16,32",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plot, synth
+from .data import TRAIN_BLUR_DIRS
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LCNetError, one_line
 from .evaluate import EvalConfig, evaluate, format_table
 from .export import ExportConfig, export_model
@@ -120,7 +121,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, suppress: bool = False) -> 
     )
     data.add_argument(
         "--blur-dir",
-        choices=("blur", "blur_gamma", "both"),
+        choices=TRAIN_BLUR_DIRS,
         default=default(d.blur_dir),
         help="blurry images of the pairs; both: blur or blur_gamma, drawn per crop "
         "(default: blur; the quick recipe: both)",

@@ -41,6 +41,7 @@ __all__ = [
     "CACHE_ENV",
     "DEFAULT_DATASET_NAME",
     "SPLITS",
+    "TRAIN_BLUR_DIRS",
     "GoproDataset",
     "ImagePair",
     "ImageReadError",
@@ -66,6 +67,8 @@ RGB = 3
 #: (in sRGB, in linear light). Trained on both, the main job gains as much on its own split
 #: (``blur``) and more on an independent generator's ``blur_gamma`` (docs/recipes.md).
 BOTH_BLUR_DIRS = "both"
+#: What a training set's ``blur_dir`` may be.
+TRAIN_BLUR_DIRS = (*BLUR_DIRS, BOTH_BLUR_DIRS)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -51,7 +51,7 @@ from .checkpoint import (
     set_rng_state,
     state_digest,
 )
-from .data import GoproDataset
+from .data import BOTH_BLUR_DIRS, TRAIN_BLUR_DIRS, GoproDataset
 from .errors import LCNetError, check_int, flag, one_line
 from .evaluate import evaluate_pairs
 from .io import (
@@ -167,7 +167,7 @@ class TrainConfig:
         if not self.widths or any(w <= 0 for w in self.widths):
             raise LCNetError(f"--widths must be positive integers, got {self.widths!r}")
         choices = {
-            "blur_dir": ("blur", "blur_gamma", "both"),
+            "blur_dir": TRAIN_BLUR_DIRS,
             "device": ("auto", "cpu", "cuda"),
             "lc_backend": ("fused", "reference"),
             "recipe": tuple(RECIPES),
@@ -418,7 +418,7 @@ def _data(cfg: TrainConfig, ddp: Dist) -> tuple[Path, GoproDataset, list[Any]]:
             augment=True,
             seed=cfg.seed,
         )
-        val_dir = "blur" if cfg.blur_dir == "both" else cfg.blur_dir  # as lcnet eval's default
+        val_dir = "blur" if cfg.blur_dir == BOTH_BLUR_DIRS else cfg.blur_dir  # eval's default
         val_pairs = list_pairs(root, "test", val_dir)[: cfg.val_images] if cfg.val_every else []
     except (FileNotFoundError, ValueError) as exc:
         raise LCNetError(f"--data {root}: {exc} ({GOPRO_LAYOUT})") from exc

@@ -88,13 +88,21 @@ class ForwardFunction : public torch::autograd::Function<ForwardFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
+    const int64_t kernel_size = ctx->saved_data["kernel_size"].toInt();
+    const int64_t dilation = ctx->saved_data["dilation"].toInt();
+    const double scale = ctx->saved_data["scale"].toDouble();
     // grads[1] (of the non-differentiable lse) is undefined. An undefined grads[0] cannot reach
     // here: autograd skips a node none of whose differentiable outputs has a gradient.
-    const variable_list grad =
-        BackwardFunction::apply(grads[0], saved[0], saved[1], saved[2], saved[3],
-                                ctx->saved_data["kernel_size"].toInt(),
-                                ctx->saved_data["dilation"].toInt(),
-                                ctx->saved_data["scale"].toDouble());
+    if (!at::GradMode::is_enabled()) {
+      // No graph of the backward is recorded (create_graph=False, the usual case): the backward
+      // op itself, without BackwardFunction's node bookkeeping.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      auto [gp, gc] = call_backward(grads[0], saved[0], saved[1], saved[2], saved[3],
+                                    kernel_size, dilation, scale);
+      return {gp, gc, at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    const variable_list grad = BackwardFunction::apply(grads[0], saved[0], saved[1], saved[2],
+                                                       saved[3], kernel_size, dilation, scale);
     return {grad[0], grad[1], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

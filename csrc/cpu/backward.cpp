@@ -46,29 +46,35 @@ struct PairRows {
   T scale;
   int64_t dl_b = -1, dl_hi = -1;  // D, L rows up to dl_hi of image dl_b are in ds, ls
 
+  // Workspace elements of the rings.
+  static int64_t elements(const Geometry& g, const HalfWindow& half, int64_t cp, int64_t cc) {
+    const int64_t reach = g.radius * g.dilation, m = ring_margin(g), w = g.tiles * kTileWidth;
+    const int64_t n_forward = static_cast<int64_t>(half.forward.size());
+    return ChannelRows<T>::elements(cp, 2 * reach + 1, m, w) +
+           ChannelRows<T>::elements(cc, 2 * reach + 1, m, w) +
+           ChannelRows<T>::elements(cc, reach + 1, m, w) + ChannelRows<T>::elements(cc, 1, m, w) +
+           3 * LogitRing<T>::elements(g, n_forward) + 2 * LogitRing<T>::elements(g, 1);
+  }
+  // The rings come zeroed from ws: D and L are read at neighbours up to a margin off the row,
+  // finite values there (their lanes are masked in the gathers).
   PairRows(const Geometry& g_, const HalfWindow& half_, const Planes<const T>& x,
            const Planes<const T>& dy, const Planes<const T>& c, const Planes<const T>& y,
-           const T* lse_, T scale_, const at::TensorOptions& options)
+           const T* lse_, T scale_, Workspace<T>& ws)
       : g(g_),
         half(half_),
         reach(g_.radius * g_.dilation),
         padded_w(padded_to_steps<T>(g_.width)),
-        xs(x, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
-        dys(dy, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
-        cs(c, reach + 1, ring_margin(g_), g_.tiles * kTileWidth, options),
-        ys(y, 1, ring_margin(g_), g_.tiles * kTileWidth, options),
-        coef(g_, static_cast<int64_t>(half_.forward.size()), options),
-        w_ij(g_, static_cast<int64_t>(half_.forward.size()), options),
-        w_ji(g_, static_cast<int64_t>(half_.forward.size()), options),
-        ds(g_, 1, options),
-        ls(g_, 1, options),
+        xs(x, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, ws),
+        dys(dy, 2 * reach + 1, ring_margin(g_), g_.tiles * kTileWidth, ws),
+        cs(c, reach + 1, ring_margin(g_), g_.tiles * kTileWidth, ws),
+        ys(y, 1, ring_margin(g_), g_.tiles * kTileWidth, ws),
+        coef(g_, static_cast<int64_t>(half_.forward.size()), ws),
+        w_ij(g_, static_cast<int64_t>(half_.forward.size()), ws),
+        w_ji(g_, static_cast<int64_t>(half_.forward.size()), ws),
+        ds(g_, 1, ws),
+        ls(g_, 1, ws),
         lse(lse_),
-        scale(scale_) {
-    // D and L are read at neighbours up to a margin off the row: finite values there (their
-    // lanes are masked in the gathers).
-    ds.storage.zero_();
-    ls.storage.zero_();
-  }
+        scale(scale_) {}
 
   // D and L of rows [lo, hi] of image b.
   void advance_dl(int64_t b, int64_t lo, int64_t hi) {
@@ -179,7 +185,8 @@ void backward_kernel(const at::Tensor& grad_out_, const at::Tensor& pattern,
   const int64_t grain = row_grain(g, kernel_size, cp + cc);
 
   at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
-    PairRows<T> pr(g, half, x, dy, c, y, lse_ptr, s, pattern.options());
+    Workspace<T> ws(PairRows<T>::elements(g, half, cp, cc), pattern.options());
+    PairRows<T> pr(g, half, x, dy, c, y, lse_ptr, s, ws);
     // Channel rows of the segment's gradients, transposed into NHWC gradients.
     Scratch<T> nhwc_rows(std::max(dx.channels_last ? cp : 0, dc.channels_last ? cc : 0) *
                          kTileWidth);

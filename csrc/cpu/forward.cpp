@@ -149,24 +149,27 @@ bool use_channels_last(int64_t channels) {
 // read zeros. From NCHW a row is transposed; from NHWC it is copied.
 template <typename T>
 struct ContentRows {
-  at::Tensor storage;
-  T* base;
   Planes<const T> src;
   int64_t cpad, reach, slots, margin, row_size;
   RingSlots slot;
+  T* base;
   int64_t loaded_b = -1, loaded_hi = -1;  // rows up to loaded_hi of image loaded_b
 
-  ContentRows(const Geometry& g, const Planes<const T>& src_, const at::TensorOptions& options)
+  // Workspace elements of the rows of a source of `channels` channels.
+  static int64_t elements(const Geometry& g, int64_t channels) {
+    const int64_t margin = g.radius * g.dilation + g.dilation;
+    return Workspace<T>::aligned((2 * g.radius * g.dilation + 1) * (2 * margin + g.width) *
+                                 padded_channels<T>(channels));
+  }
+  ContentRows(const Geometry& g, const Planes<const T>& src_, Workspace<T>& ws)
       : src(src_),
         cpad(padded_channels<T>(src_.channels)),
         reach(g.radius * g.dilation),
         slots(2 * g.radius * g.dilation + 1),
         margin(g.radius * g.dilation + g.dilation),
         row_size((2 * margin + g.width) * cpad),
-        slot(g.height, slots) {
-    storage = at::zeros({slots * row_size}, options);
-    base = storage.mutable_data_ptr<T>();
-  }
+        slot(g.height, slots),
+        base(ws.take(elements(g, src_.channels))) {}
   // Channel 0 of pixel x of image row r (loaded; x may lie in the margins).
   const T* at(int64_t r, int64_t x) const {
     return base + slot(r) * row_size + (margin + x) * cpad;
@@ -292,8 +295,17 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
   const bool in_place = channels_last && ys.channels_last && cpad == cc;
 
   at::parallel_for(0, g.batch * g.height, grain, [&](int64_t first, int64_t last) {
-    LogitRing<T> ring(g, static_cast<int64_t>(half.forward.size()), pattern.options());
-    ChannelRows<T> xs(xs_src, reach + 1, ring_margin(g), g.tiles * kTileWidth, pattern.options());
+    const int64_t n_forward = static_cast<int64_t>(half.forward.size());
+    const bool planes = !channels_last && cs.channels_last;  // NHWC content, pixel-row gather
+    Workspace<T> ws(
+        LogitRing<T>::elements(g, n_forward) +
+            ChannelRows<T>::elements(xs_src.channels, reach + 1, ring_margin(g),
+                                     g.tiles * kTileWidth) +
+            (channels_last ? ContentRows<T>::elements(g, cc) : 0) +
+            (planes ? ChannelRows<T>::elements(cc, 2 * reach + 1, 0, g.width) : 0),
+        pattern.options());
+    LogitRing<T> ring(g, n_forward, ws);
+    ChannelRows<T> xs(xs_src, reach + 1, ring_margin(g), g.tiles * kTileWidth, ws);
     Scratch<T> weights(kk * kTileWidth), inv_sum(kTileWidth);
     std::vector<const T*> logit(kk);
     std::vector<T*> weight_row(kk);  // where the softmax writes the weights of offset o
@@ -306,11 +318,10 @@ void forward_kernel(const at::Tensor& pattern, const at::Tensor& content, at::Te
     std::optional<Scratch<T>> out_t;
     std::vector<const T*> window_rows(kernel_size);
     if (channels_last) {
-      content_rows.emplace(g, cs, content.options());
+      content_rows.emplace(g, cs, ws);
       if (!in_place) out_t.emplace(kTileWidth * cpad);
     } else {
-      if (cs.channels_last)
-        content_planes.emplace(cs, 2 * reach + 1, 0, g.width, content.options());
+      if (planes) content_planes.emplace(cs, 2 * reach + 1, 0, g.width, ws);
       if (ys.channels_last) out_t.emplace(kTileWidth * cc);
     }
     Segment seg;

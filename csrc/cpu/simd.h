@@ -269,8 +269,4 @@ void transpose(const T* from, int64_t from_stride, T* to, int64_t to_stride, int
   }
 }
 
-// Per-thread ring of content rows h − radius·dilation to h + radius·dilation of one image,
-// channels-last: each row is (margin + width + margin) pixels of padded_channels values, the
-// margins and padding channels zero, so that out-of-image neighbours (whose weights are 0)
-
 }  // namespace lcblock::cpu

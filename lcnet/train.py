@@ -604,7 +604,13 @@ def _train_step(
     if not bool(torch.isfinite(loss)):
         raise _Diverged(
             divergence_message(
-                s.step + 1, float(loss.detach()), optimizer.param_groups[0]["lr"], run.cfg.recipe
+                s.step + 1,
+                float(loss.detach()),
+                optimizer.param_groups[0]["lr"],
+                recipe=run.cfg.recipe,
+                clip_grad_norm=run.cfg.clip_grad_norm,
+                warmup_steps=run.cfg.warmup_steps,
+                lc_logits=run.cfg.lc_logits,
             )
         )
     optimizer.zero_grad(set_to_none=True)
